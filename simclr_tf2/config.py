@@ -1,0 +1,228 @@
+"""Every setting of simclr_tf2 in one dataclass: the single source of truth.
+
+Field names, types and defaults are the official absl flags of google-research/simclr `tf2/run.py`
+(48 of them, marked ``official=True`` in the field metadata) plus a few additions that fix
+documented defects (``known_issues.md`` K-numbers in their help text). ``run.py`` defines its absl
+flags *from* this class, so each default exists exactly once. Nothing here imports TensorFlow.
+"""
+
+import dataclasses
+import math
+from typing import Any, Dict, Optional
+
+RESNET_DEPTHS = (18, 34, 50, 101, 152, 200)
+MAX_COLOR_JITTER_STRENGTH = 1.25  # beyond it contrast/saturation lower bounds go negative (K24)
+
+
+def _flag(default, help_text, choices=None, official=True):
+  return dataclasses.field(
+      default=default,
+      metadata={'help': help_text, 'choices': choices, 'official': official})
+
+
+@dataclasses.dataclass
+class Config:
+  """All settings. Construct with keyword arguments named like the absl flags."""
+  # --- official flags, in the order of the reference's run.py -----------------------------------
+  learning_rate: float = _flag(0.3, 'Base learning rate; scaled by learning_rate_scaling.')
+  learning_rate_scaling: str = _flag(
+      'linear', 'How to scale the learning rate as a function of batch size: '
+      'linear = lr*B/256, sqrt = lr*sqrt(B).', choices=('linear', 'sqrt'))
+  warmup_epochs: float = _flag(10., 'Number of epochs of linear learning-rate warm-up.')
+  weight_decay: float = _flag(1e-6, 'Amount of weight decay (TF1 default was 1e-4).')
+  batch_norm_decay: float = _flag(0.9, 'Batch norm moving-average decay.')
+  train_batch_size: int = _flag(512, 'Global batch size for training (images, not views).')
+  train_split: str = _flag('train', 'Split for training.')
+  train_epochs: int = _flag(100, 'Number of epochs to train for (when train_steps is 0).')
+  train_steps: int = _flag(0, 'Number of steps to train for; overrides train_epochs if > 0.')
+  eval_steps: int = _flag(0, 'Number of steps to eval for; 0 = the whole eval split.')
+  eval_batch_size: int = _flag(256, 'Global batch size for evaluation.')
+  checkpoint_epochs: int = _flag(1, 'Epochs between checkpoints/summaries (when checkpoint_steps is 0).')
+  checkpoint_steps: int = _flag(
+      0, 'Steps between checkpoints/summaries; overrides checkpoint_epochs if > 0.')
+  eval_split: str = _flag('validation', 'Split for evaluation.')
+  dataset: str = _flag(
+      'imagenet2012', 'Dataset: a TFDS name, "digits" (embedded offline dataset), '
+      '"image_folder" (data_dir/<split>/<class>/*.jpg) or "image_folder_unlabeled" '
+      '(data_dir/<split>/*.jpg, pretraining only).')
+  cache_dataset: bool = _flag(False, 'Whether to cache the decoded split in memory.')
+  mode: str = _flag('train', 'Whether to train, evaluate, or train then evaluate.',
+                    choices=('train', 'eval', 'train_then_eval'))
+  train_mode: str = _flag('pretrain', 'pretrain = SimCLR contrastive pretraining; '
+                          'finetune = supervised training (linear eval with fine_tune_after_block=4).',
+                          choices=('pretrain', 'finetune'))
+  lineareval_while_pretraining: bool = _flag(
+      True, 'Train a linear head on stop-gradient features while pretraining.')
+  checkpoint: Optional[str] = _flag(
+      None, 'Checkpoint prefix or directory to initialise the model from when model_dir has none.')
+  zero_init_logits_layer: bool = _flag(
+      False, 'Zero-initialise the supervised head after restoring from --checkpoint.')
+  fine_tune_after_block: int = _flag(
+      -1, 'Freeze the encoder up to this block group when finetuning: -1 trains everything, '
+      '0 freezes the stem, 4 freezes the whole encoder (linear evaluation).')
+  master: Optional[str] = _flag(None, 'TPU address (used when tpu_name is empty).')
+  model_dir: Optional[str] = _flag(None, 'Directory for checkpoints, summaries and exports.')
+  data_dir: Optional[str] = _flag(None, 'Directory of the prepared TFDS data or of the image folder.')
+  use_tpu: bool = _flag(True, 'Run on a TPU (official default); use --use_tpu=False for GPU/CPU.')
+  tpu_name: Optional[str] = _flag(None, 'Cloud TPU name or grpc:// address.')
+  tpu_zone: Optional[str] = _flag(None, 'GCE zone of the Cloud TPU.')
+  gcp_project: Optional[str] = _flag(None, 'Project name of the Cloud TPU.')
+  optimizer: str = _flag('lars', 'Optimizer to use.', choices=('momentum', 'adam', 'lars'))
+  momentum: float = _flag(0.9, 'Momentum parameter (lars and momentum).')
+  eval_name: Optional[str] = _flag(None, 'Name for the eval (unused, kept for compatibility).')
+  keep_checkpoint_max: int = _flag(5, 'Maximum number of checkpoints to keep.')
+  keep_hub_module_max: int = _flag(1, 'Maximum number of SavedModel exports to keep (<=0 keeps all).')
+  temperature: float = _flag(0.1, 'Temperature of the NT-Xent contrastive loss.')
+  hidden_norm: bool = _flag(True, 'L2-normalise projection outputs before the contrastive loss.')
+  proj_head_mode: str = _flag('nonlinear', 'Type of projection head.',
+                              choices=('none', 'linear', 'nonlinear'))
+  proj_out_dim: int = _flag(128, 'Output width of the projection head.')
+  num_proj_layers: int = _flag(3, 'Number of layers of the nonlinear projection head.')
+  ft_proj_selector: int = _flag(
+      0, 'Which projection-head layer feeds the supervised head: 0 = head input (encoder '
+      'output), -1 = last layer (Python indexing into [input, layer1, ..., layerK]).')
+  global_bn: bool = _flag(True, 'Synchronise batch-norm statistics across replicas.')
+  width_multiplier: int = _flag(1, 'Channel multiplier of the ResNet.')
+  resnet_depth: int = _flag(50, 'Depth of the ResNet: 18, 34, 50, 101, 152 or 200.')
+  sk_ratio: float = _flag(0., 'Selective-kernel ratio; > 0 enables SK convs and ResNet-D '
+                          '(paper value 0.0625).')
+  se_ratio: float = _flag(0., 'Squeeze-and-excitation ratio; > 0 adds SE layers.')
+  image_size: int = _flag(224, 'Input image size; <= 32 selects the CIFAR stem and eval pipeline.')
+  color_jitter_strength: float = _flag(
+      1.0, 'Strength of colour jitter in pretraining, 0 to 1.25 (0 disables colour distortion).')
+  use_blur: bool = _flag(True, 'Random Gaussian blur of pretraining views.')
+
+  # --- additions (not in the reference) -------------------------------------------------------
+  train_summary_steps: int = _flag(
+      0, 'Deprecated TF1 flag accepted so the official README commands parse; ignored (K16).',
+      official=False)
+  freeze_bn_stats_when_frozen: bool = _flag(
+      True, 'Run frozen encoder parts (fine_tune_after_block) with batch-norm in inference mode '
+      'so their statistics do not drift, as TF1 did. False = TF2 reference behaviour (K6).',
+      official=False)
+  freeze_unused_proj_head: bool = _flag(
+      True, 'In finetune mode, do not train projection-head layers the supervised head does not '
+      'use (no gradients, no weight decay, frozen statistics). False = reference behaviour (K7).',
+      official=False)
+  seed: Optional[int] = _flag(
+      None, 'Global random seed for initialisation and augmentation; None = unseeded (K35).',
+      official=False)
+  eval_timeout: Optional[int] = _flag(
+      None, 'mode=eval: stop waiting for new checkpoints after this many seconds (K9).',
+      official=False)
+  skip_corrupt_images: bool = _flag(
+      True, 'Image folders: skip unreadable images with a counted warning instead of failing.',
+      official=False)
+
+  # ------------------------------------------------------------------------------------------
+  @classmethod
+  def fields(cls):
+    return dataclasses.fields(cls)
+
+  @classmethod
+  def official_flag_names(cls):
+    return [f.name for f in cls.fields() if f.metadata['official']]
+
+  @classmethod
+  def from_kwargs(cls, **kwargs) -> 'Config':
+    """Like the constructor, but an unknown name is a one-line error naming it."""
+    known = {f.name for f in cls.fields()}
+    unknown = sorted(set(kwargs) - known)
+    if unknown:
+      raise TypeError(f'unknown setting(s) {", ".join(unknown)}; settings are named like the '
+                      'absl flags (e.g. resnet_depth, image_size)')
+    return cls(**kwargs)
+
+  def replace(self, **kwargs) -> 'Config':
+    return self.from_kwargs(**{**self.to_dict(), **kwargs})
+
+  def to_dict(self) -> Dict[str, Any]:
+    return dataclasses.asdict(self)
+
+  # --- validation -----------------------------------------------------------------------------
+  def validate(self) -> 'Config':
+    """Raises ValueError with a one-line message for the first invalid value; returns self."""
+    for f in self.fields():
+      choices = f.metadata['choices']
+      value = getattr(self, f.name)
+      if choices and value not in choices:
+        _fail(f.name, value, f'must be one of {", ".join(choices)}')
+    positive = ('train_batch_size', 'eval_batch_size', 'image_size', 'width_multiplier',
+                'proj_out_dim')
+    for name in positive:
+      if getattr(self, name) < 1:
+        _fail(name, getattr(self, name), 'must be >= 1')
+    non_negative = ('train_epochs', 'train_steps', 'eval_steps', 'checkpoint_epochs',
+                    'checkpoint_steps', 'warmup_epochs', 'weight_decay', 'sk_ratio', 'se_ratio',
+                    'num_proj_layers', 'learning_rate')
+    for name in non_negative:
+      if getattr(self, name) < 0:
+        _fail(name, getattr(self, name), 'must be >= 0')
+    if self.checkpoint_steps == 0 and self.checkpoint_epochs == 0:
+      _fail('checkpoint_steps', 0, 'and checkpoint_epochs=0 leave no steps per loop; set one > 0')
+    if self.resnet_depth not in RESNET_DEPTHS:
+      _fail('resnet_depth', self.resnet_depth, f'must be one of {RESNET_DEPTHS}')
+    if not 0. < self.batch_norm_decay < 1.:
+      _fail('batch_norm_decay', self.batch_norm_decay, 'must be in (0, 1)')
+    if self.temperature <= 0:
+      _fail('temperature', self.temperature, 'must be > 0')
+    if not 0. <= self.momentum < 1.:
+      _fail('momentum', self.momentum, 'must be in [0, 1)')
+    if not 0. <= self.color_jitter_strength <= MAX_COLOR_JITTER_STRENGTH:
+      _fail('color_jitter_strength', self.color_jitter_strength,
+            f'must be in [0, {MAX_COLOR_JITTER_STRENGTH}] (larger values give negative '
+            'contrast/saturation bounds)')
+    num_hiddens = self.num_projection_outputs()
+    if not -num_hiddens <= self.ft_proj_selector < num_hiddens:
+      _fail('ft_proj_selector', self.ft_proj_selector,
+            f'must index the {num_hiddens} projection-head outputs of proj_head_mode='
+            f'{self.proj_head_mode} (range {-num_hiddens}..{num_hiddens - 1})')
+    if (self.train_mode == 'pretrain' and self.mode != 'eval' and
+        self.fine_tune_after_block != -1):
+      _fail('fine_tune_after_block', self.fine_tune_after_block,
+            'must be -1 when pretraining (freezing only applies to train_mode=finetune)')
+    if self.dataset == 'image_folder_unlabeled' and (
+        self.train_mode == 'finetune' or self.lineareval_while_pretraining):
+      _fail('dataset', self.dataset, 'has no labels: use train_mode=pretrain with '
+            '--lineareval_while_pretraining=false')
+    return self
+
+  # --- derived quantities (flags.md §3) ---------------------------------------------------------
+  def num_projection_outputs(self) -> int:
+    """Length of the projection head's [input, layer outputs...] list."""
+    return {'none': 1, 'linear': 2}.get(self.proj_head_mode, self.num_proj_layers + 1)
+
+  @property
+  def cifar_stem(self) -> bool:
+    return self.image_size <= 32
+
+  def peak_learning_rate(self) -> float:
+    if self.learning_rate_scaling == 'linear':
+      return self.learning_rate * self.train_batch_size / 256.
+    return self.learning_rate * math.sqrt(self.train_batch_size)
+
+  def total_train_steps(self, num_train_examples: int) -> int:
+    """train_steps, or floor(N * epochs / B) + 1 like the reference."""
+    if self.train_steps:
+      return self.train_steps
+    return num_train_examples * self.train_epochs // self.train_batch_size + 1
+
+  def total_eval_steps(self, num_eval_examples: int) -> int:
+    if self.eval_steps:
+      return self.eval_steps
+    return -(-num_eval_examples // self.eval_batch_size)
+
+  def epoch_steps(self, num_train_examples: int) -> int:
+    return int(round(num_train_examples / self.train_batch_size))
+
+  def warmup_steps(self, num_train_examples: int) -> int:
+    return int(round(self.warmup_epochs * num_train_examples // self.train_batch_size))
+
+  def steps_per_loop(self, num_train_examples: int) -> int:
+    """Steps between checkpoints and summaries. Never 0 (the reference then loops forever, K21)."""
+    steps = self.checkpoint_steps or self.checkpoint_epochs * self.epoch_steps(num_train_examples)
+    return max(1, steps)
+
+
+def _fail(name, value, why):
+  raise ValueError(f'--{name}={value!r}: {why}')

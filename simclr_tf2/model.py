@@ -1,0 +1,144 @@
+"""The SimCLR model: blur, ResNet encoder, projection head, supervised head (spec model.md §1).
+
+Python API (no absl needed)::
+
+    from simclr_tf2.model import build_model
+    model = build_model(num_classes=10, resnet_depth=18, image_size=32)   # flag names
+    projection, logits = model(images, training=False)
+    endpoints = model.call_with_endpoints(images)    # the 10 SavedModel outputs, by name
+"""
+
+from typing import Dict, Optional
+
+import tensorflow as tf
+import tf_keras as keras
+
+from simclr_tf2.blur import random_blur
+from simclr_tf2.config import Config
+from simclr_tf2.heads import ProjectionHead, SupervisedHead
+from simclr_tf2.resnet import NormSettings, Resnet
+
+ENDPOINT_NAMES = ('initial_conv', 'initial_max_pool', 'block_group1', 'block_group2',
+                  'block_group3', 'block_group4', 'final_avg_pool', 'logits_sup',
+                  'proj_head_input', 'proj_head_output')
+# Substrings the reference matches against Variable.name to exclude variables from weight decay
+# and LARS layer adaptation (optim_loss.md §3-4).
+DECAY_EXCLUSION_PATTERNS = ('batch_normalization', 'bias', 'head_supervised')
+
+
+def unused_projection_layers(config: Config):
+  """Indices of projection layers the supervised head does not depend on when finetuning (K7)."""
+  if config.train_mode != 'finetune' or not config.freeze_unused_proj_head:
+    return ()
+  num_layers = config.num_projection_outputs() - 1
+  used = config.ft_proj_selector % (num_layers + 1)  # hiddens[i] depends on layers 0..i-1
+  return tuple(range(used, num_layers))
+
+
+class SimCLRModel(keras.Model):
+  """Encoder + heads with the reference's attributes: `resnet_model`, `_projection_head` and,
+  in finetune mode or with linear eval while pretraining, `supervised_head`.
+
+  Like the reference, `__call__` bypasses Keras' call wrapper (K26), so variable names start with
+  `resnet/`, `projection_head/`, `head_supervised/` — the strings the LARS / weight-decay filters
+  match. Always pass `training`.
+  """
+
+  def __init__(self, num_classes: Optional[int], config: Config, **kwargs):
+    super().__init__(**kwargs)
+    self.simclr_config = config
+    norm = NormSettings(decay=config.batch_norm_decay, synchronized=config.global_bn)
+    finetune = config.train_mode == 'finetune'
+    self.resnet_model = Resnet(
+        resnet_depth=config.resnet_depth, width_multiplier=config.width_multiplier,
+        cifar_stem=config.cifar_stem, sk_ratio=config.sk_ratio, se_ratio=config.se_ratio,
+        norm=norm, finetune=finetune, fine_tune_after_block=config.fine_tune_after_block,
+        freeze_bn_stats_when_frozen=config.freeze_bn_stats_when_frozen)
+    self._projection_head = ProjectionHead(
+        proj_head_mode=config.proj_head_mode, proj_out_dim=config.proj_out_dim,
+        num_proj_layers=config.num_proj_layers, ft_proj_selector=config.ft_proj_selector,
+        norm=norm, frozen_layers=unused_projection_layers(config))
+    if finetune or config.lineareval_while_pretraining:
+      if not num_classes:
+        raise ValueError('num_classes is required when the model has a supervised head '
+                         '(train_mode=finetune or lineareval_while_pretraining)')
+      self.supervised_head = SupervisedHead(num_classes)
+
+  @property
+  def has_supervised_head(self) -> bool:
+    return hasattr(self, 'supervised_head')
+
+  def __call__(self, inputs, training, endpoints: Optional[Dict] = None, blur: bool = True):
+    return self.call(inputs, training=training, endpoints=endpoints, blur=blur)
+
+  def call(self, inputs, training, endpoints: Optional[Dict] = None, blur: bool = True):
+    """Returns `(projection_output or None, supervised_logits or None)` like the reference.
+
+    `inputs` is [B, H, W, 3 * views]; views are stacked along the batch axis. `blur=False`
+    disables the pretraining blur regardless of mode (used by exports, K25). `endpoints`, if a
+    dict, receives the named intermediate tensors.
+    """
+    config = self.simclr_config
+    pretrain = config.train_mode == 'pretrain'
+    if training and pretrain and config.fine_tune_after_block > -1:
+      raise ValueError('fine_tune_after_block must be -1 when pretraining, got '
+                       f'{config.fine_tune_after_block}')
+    channels = inputs.shape[3]
+    if channels is None:
+      raise ValueError('the channel dimension of the input must be statically known')
+    views = tf.split(inputs, channels // 3, axis=-1)
+    if blur and config.use_blur and training and pretrain:
+      views = [random_blur(view, config.image_size) for view in views]
+    features = tf.concat(views, 0)
+
+    hiddens = self.resnet_model(features, training=training, endpoints=endpoints)
+    projection, supervised_input = self._projection_head(
+        hiddens, training=training, endpoints=endpoints)
+    logits = None
+    if self.has_supervised_head:
+      if pretrain:  # the linear-eval head must not shape the representation
+        supervised_input = tf.stop_gradient(supervised_input)
+      logits = self.supervised_head(supervised_input, training=training)
+      if endpoints is not None:
+        endpoints['logits_sup'] = logits
+    return (None if not pretrain else projection), logits
+
+  def call_with_endpoints(self, images, training: bool = False, blur: bool = False):
+    """The official SavedModel outputs for a 3-channel batch, in ENDPOINT_NAMES order."""
+    endpoints = {}
+    self.call(images, training=training, endpoints=endpoints, blur=blur)
+    return {name: endpoints[name] for name in ENDPOINT_NAMES if name in endpoints}
+
+  def create_variables(self):
+    """Creates every variable with one inference pass on a dummy batch.
+
+    Needed before restoring a checkpoint whose values must be edited afterwards
+    (zero_init_logits_layer, K5) and before building an optimizer over the variables.
+    """
+    size = min(self.simclr_config.image_size, 64)
+    self.call(tf.zeros([2, size, size, 3]), training=False)
+    return self
+
+
+def build_model(num_classes: Optional[int] = None, config: Optional[Config] = None,
+                **flag_values) -> SimCLRModel:
+  """Builds a SimCLRModel from a Config and/or keyword arguments named like the absl flags."""
+  config = config or Config()
+  if flag_values:
+    config = config.replace(**flag_values)
+  config.validate()
+  return SimCLRModel(num_classes, config)
+
+
+def decay_excluded_variables(model: SimCLRModel):
+  """Variables excluded from weight decay / LARS adaptation, decided by structure (K18):
+  batch-norm variables, biases, and the supervised head. Must equal the reference's name rule."""
+  excluded = {}
+  for layer in model.submodules:
+    if isinstance(layer, keras.layers.BatchNormalization):
+      excluded.update({v.ref(): v for v in layer.variables})
+    elif getattr(layer, 'bias', None) is not None and isinstance(layer.bias, tf.Variable):
+      excluded[layer.bias.ref()] = layer.bias
+  if model.has_supervised_head:
+    excluded.update({v.ref(): v for v in model.supervised_head.variables})
+  return list(excluded.values())

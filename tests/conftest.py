@@ -1,0 +1,32 @@
+"""Test session set-up: quiet TensorFlow, 2 logical CPU devices, golden-data paths."""
+
+import os
+import pathlib
+
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+os.environ.setdefault('TF_USE_LEGACY_KERAS', '1')
+
+import pytest  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+# Split the CPU into two logical devices before TF initialises, so MirroredStrategy tests can run
+# sync BN and cross-replica losses without accelerators.
+_cpus = tf.config.list_physical_devices('CPU')
+tf.config.set_logical_device_configuration(
+    _cpus[0], [tf.config.LogicalDeviceConfiguration()] * 2)
+
+GOLDEN_DIR = pathlib.Path(os.environ.get(
+    'SIMCLR_GOLDEN_DIR', pathlib.Path(__file__).resolve().parents[1].parent / 'shared/spec/golden'))
+TWO_CPUS = ['/cpu:0', '/cpu:1']
+
+
+@pytest.fixture(scope='session')
+def golden_dir():
+  if not GOLDEN_DIR.is_dir():
+    pytest.fail(f'golden data not found at {GOLDEN_DIR}; set SIMCLR_GOLDEN_DIR')
+  return GOLDEN_DIR
+
+
+@pytest.fixture
+def two_replica_strategy():
+  return tf.distribute.MirroredStrategy(devices=TWO_CPUS)
