@@ -27,6 +27,8 @@ def golden_dir():
   return GOLDEN_DIR
 
 
-@pytest.fixture
+@pytest.fixture(scope='session')
 def two_replica_strategy():
+  # One strategy per process: separate MirroredStrategy objects reuse collective instance keys,
+  # and the runtime then mixes up their all-reduces.
   return tf.distribute.MirroredStrategy(devices=TWO_CPUS)
