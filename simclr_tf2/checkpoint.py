@@ -1,0 +1,198 @@
+"""Checkpoint paths, key listing, and strict restores with one-line errors (K14, K15, K27).
+
+Keys are paths through the object graph (spec model.md §6): this module computes the keys a model
+*would* have, compares them with a file before restoring, and refuses partial restores.
+"""
+
+import collections
+import logging
+import os
+import re
+from typing import Dict, List, Optional, Tuple
+
+import tensorflow as tf
+
+VALUE_SUFFIX = '/.ATTRIBUTES/VARIABLE_VALUE'
+SLOT_MARKER = '/.OPTIMIZER_SLOT/'
+SUPERVISED_HEAD_KEY = 'model/supervised_head/'
+ARCHITECTURE_FLAGS = ('resnet_depth', 'width_multiplier', 'sk_ratio', 'se_ratio', 'image_size',
+                      'proj_head_mode', 'num_proj_layers', 'proj_out_dim')
+
+
+class CheckpointError(ValueError):
+  """A checkpoint is missing, unreadable or does not fit the model. The message is one line."""
+
+
+def resolve_checkpoint(path: str) -> str:
+  """A checkpoint prefix from a prefix, an `.index` file or a directory (newest checkpoint)."""
+  if not path:
+    raise CheckpointError('no checkpoint path given')
+  if path.endswith('.index'):
+    path = path[:-len('.index')]
+  if tf.io.gfile.isdir(path):
+    prefix = tf.train.latest_checkpoint(path) or _newest_prefix_in(path)
+    if prefix is None:
+      raise CheckpointError(f'no checkpoint found in directory {path}')
+    return prefix
+  if tf.io.gfile.exists(path + '.index'):
+    return path
+  raise CheckpointError(f'no checkpoint at {path}: expected a prefix such as DIR/ckpt-1000 '
+                        '(with DIR/ckpt-1000.index) or a directory containing checkpoints')
+
+
+def _newest_prefix_in(directory):
+  """Highest-numbered `*-<N>.index` in a directory without a `checkpoint` state file."""
+  numbered = []
+  for index_file in tf.io.gfile.glob(os.path.join(directory, '*.index')):
+    match = re.search(r'-(\d+)\.index$', index_file)
+    numbered.append((int(match.group(1)) if match else -1, index_file[:-len('.index')]))
+  return max(numbered)[1] if numbered else None
+
+
+def read_shapes(prefix: str) -> Dict[str, List[int]]:
+  """{key: shape} of a checkpoint, with a one-line error for unreadable files."""
+  try:
+    return {key: list(shape) for key, shape in tf.train.list_variables(prefix)}
+  except (tf.errors.OpError, ValueError) as error:
+    raise CheckpointError(f'cannot read checkpoint {prefix}: {_first_line(error)}') from None
+
+
+def _first_line(error):
+  text = getattr(error, 'message', None) or str(error)
+  return text.strip().splitlines()[0] if text.strip() else type(error).__name__
+
+
+def object_keys(**roots) -> Dict[str, tf.Variable]:
+  """{checkpoint key: variable} that `tf.train.Checkpoint(**roots)` would write.
+
+  Breadth-first over trackable children, so each variable gets its shortest path, as TF does.
+  """
+  keys = {}
+  seen = set()
+  queue = collections.deque((name, obj) for name, obj in roots.items())
+  while queue:
+    path, obj = queue.popleft()
+    if id(obj) in seen:
+      continue
+    seen.add(id(obj))
+    if isinstance(obj, tf.Variable):
+      keys[path + VALUE_SUFFIX] = obj
+      continue
+    children = obj._trackable_children(save_type='checkpoint')  # pylint: disable=protected-access
+    queue.extend((f'{path}/{name}', child) for name, child in children.items())
+  return keys
+
+
+class Mismatch(collections.namedtuple('Mismatch', 'missing unexpected reshaped')):
+  """Keys the model has but the file lacks, the reverse, and keys whose shapes differ."""
+
+  def __bool__(self):
+    return bool(self.missing or self.unexpected or self.reshaped)
+
+  def describe(self, limit=3):
+    parts = []
+    for label, keys in (('missing from the file', self.missing),
+                        ('not in the model', self.unexpected),
+                        ('with other shapes', self.reshaped)):
+      if keys:
+        shown = ', '.join(_short(k) for k in keys[:limit])
+        parts.append(f'{len(keys)} {label} (e.g. {shown})')
+    return '; '.join(parts)
+
+
+def _short(key):
+  return key.replace(VALUE_SUFFIX, '')
+
+
+def _model_shapes(model):
+  return {k: v.shape.as_list() for k, v in object_keys(model=model).items()}
+
+
+def _file_model_shapes(file_shapes):
+  return {k: s for k, s in file_shapes.items() if k.startswith('model/') and SLOT_MARKER not in k}
+
+
+def compare_model(model, file_shapes: Dict[str, List[int]], skip_prefix: Optional[str] = None
+                  ) -> Mismatch:
+  """Model variables vs the `model/...` keys of a checkpoint (optimizer slots ignored)."""
+  expected, in_file = _model_shapes(model), _file_model_shapes(file_shapes)
+  if skip_prefix:
+    expected = {k: s for k, s in expected.items() if not k.startswith(skip_prefix)}
+    in_file = {k: s for k, s in in_file.items() if not k.startswith(skip_prefix)}
+  return Mismatch(
+      missing=sorted(set(expected) - set(in_file)),
+      unexpected=sorted(set(in_file) - set(expected)),
+      reshaped=sorted(k for k in set(expected) & set(in_file) if expected[k] != in_file[k]))
+
+
+def _supervised_head_shapes(shapes):
+  return {k: s for k, s in shapes.items() if k.startswith(SUPERVISED_HEAD_KEY)}
+
+
+def _mismatch_error(prefix, mismatch):
+  return CheckpointError(
+      f'checkpoint {prefix} does not match the model: {mismatch.describe()}. Architecture flags '
+      f'({", ".join(ARCHITECTURE_FLAGS)}) must be those the checkpoint was trained with')
+
+
+def _head_summary(head_shapes):
+  return ', '.join(f'{_short(k)[len(SUPERVISED_HEAD_KEY):]} {s}'
+                   for k, s in sorted(head_shapes.items())) or 'none'
+
+
+class _ModelWithoutSupervisedHead(tf.Module):
+  """The model's object graph minus `supervised_head`, for restoring everything else."""
+
+  def __init__(self, model):
+    super().__init__()
+    self.resnet_model = model.resnet_model
+    self._projection_head = model._projection_head  # pylint: disable=protected-access
+
+
+def restore_initial_weights(model, path: str) -> Tuple[str, bool]:
+  """Restores the model only from `--checkpoint` (fresh fine-tune or pretrain start).
+
+  Encoder and projection head must match exactly. The supervised head is restored only if the
+  file has one of the same shape; otherwise (other class count, or a pretraining checkpoint
+  without linear-eval head) the model's fresh head is kept and this is logged (K15).
+  Returns (prefix, whether the supervised head was restored). The model must be built.
+  """
+  prefix = resolve_checkpoint(path)
+  file_shapes = read_shapes(prefix)
+  mismatch = compare_model(model, file_shapes, skip_prefix=SUPERVISED_HEAD_KEY)
+  if mismatch:
+    raise _mismatch_error(prefix, mismatch)
+  model_head = _supervised_head_shapes(_model_shapes(model))
+  file_head = _supervised_head_shapes(_file_model_shapes(file_shapes))
+  restore_head = model.has_supervised_head and model_head == file_head
+  root = model if restore_head else _ModelWithoutSupervisedHead(model)
+  status = tf.train.Checkpoint(model=root).read(prefix)
+  status.expect_partial()  # optimizer slots and the step of the file are deliberately not loaded
+  status.assert_existing_objects_matched()
+  if model.has_supervised_head and not restore_head:
+    logging.warning('Supervised head not restored from %s (file: %s, model: %s); it starts '
+                    'fresh.', prefix, _head_summary(file_head), _head_summary(model_head))
+  return prefix, restore_head
+
+
+def restore_training_state(checkpoint: tf.train.Checkpoint, model, prefix: str):
+  """Resumes model, step and optimizer from a run's own checkpoint; any mismatch is an error."""
+  mismatch = compare_model(model, read_shapes(prefix))
+  if mismatch:
+    raise _mismatch_error(prefix, mismatch)
+  status = checkpoint.restore(prefix)
+  status.assert_existing_objects_matched()
+  return status
+
+
+def restore_for_evaluation(model, path: str) -> Tuple[str, int]:
+  """Model weights and global step for evaluation; strict on the model (K27)."""
+  prefix = resolve_checkpoint(path)
+  mismatch = compare_model(model, read_shapes(prefix))
+  if mismatch:
+    raise _mismatch_error(prefix, mismatch)
+  global_step = tf.Variable(0, dtype=tf.int64, trainable=False)
+  status = tf.train.Checkpoint(model=model, global_step=global_step).read(prefix)
+  status.expect_partial()
+  status.assert_existing_objects_matched()
+  return prefix, int(global_step.numpy())

@@ -1,0 +1,340 @@
+"""Dataset sources and the distributed tf.data input pipeline (spec data.md §1-2, K35).
+
+A *source* yields decoded examples `(image uint8 [H, W, 3], label int64)` of one split:
+
+  source.num_classes
+  source.num_examples(split)
+  source.as_dataset(split, shuffle_files, input_context=None, seed=None)
+
+`get_source` picks one of: a prepared TFDS dataset, `digits` (scikit-learn's embedded 8x8 digits,
+fully offline), `image_folder` (data_dir/<split>/<class>/<image>) or `image_folder_unlabeled`
+(data_dir/<split>/<image>). Nothing here downloads anything.
+
+`build_input_fn` / `build_distributed_dataset` turn a source into per-replica batches of augmented
+views: [b, s, s, 6] (two views) for pretraining, [b, s, s, 3] otherwise, with one-hot labels.
+"""
+
+import logging
+import os
+import random
+
+import numpy as np
+import tensorflow as tf
+
+from simclr_tf2 import augment
+
+logger = logging.getLogger(__name__)
+
+DIGITS_TEST_FRACTION = 0.2
+DIGITS_SPLIT_SEED = 0
+IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.gif', '.bmp')
+TRAIN_MODES = ('pretrain', 'finetune')
+
+
+def _fail_split(dataset, split, available):
+  raise ValueError(f'{dataset}: unknown split {split!r}; available splits: '
+                   f'{", ".join(sorted(available)) or "none"}')
+
+
+def _shard(dataset, input_context):
+  """Gives each input pipeline (host) a disjoint part of an in-memory or file-list dataset."""
+  if input_context and input_context.num_input_pipelines > 1:
+    return dataset.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
+  return dataset
+
+
+def _to_rgb(image):
+  """Makes a decoded image 3-channel: grayscale is tiled, an alpha channel dropped."""
+  channels = image.shape[-1]
+  if channels == 1:
+    return tf.image.grayscale_to_rgb(image)
+  if channels == 4:
+    return image[..., :3]
+  return image
+
+
+# --- TFDS -------------------------------------------------------------------------------------
+
+class TfdsSource:
+  """A TFDS dataset already prepared in `data_dir` (read only; never downloaded)."""
+
+  def __init__(self, name, data_dir=None):
+    import tensorflow_datasets as tfds  # heavy import, only when a TFDS dataset is used
+    self._tfds = tfds
+    self.name = name
+    try:
+      self._builder = tfds.builder(name, data_dir=data_dir)
+    except tfds.core.registered.DatasetNotFoundError:
+      raise ValueError(f'unknown dataset {name!r}: not a TFDS dataset name nor a prepared dataset '
+                       f'in data_dir={data_dir!r}; built-in alternatives: digits, image_folder, '
+                       'image_folder_unlabeled') from None
+    if not self._builder.is_prepared():
+      where = f'data_dir={data_dir!r}' if data_dir else 'the default TFDS data_dir'
+      raise ValueError(
+          f'TFDS dataset {name!r} is not prepared in {where}; prepare it on a machine with '
+          f'internet (e.g. `tfds build {name} --data_dir=DIR`) and pass --data_dir=DIR (this '
+          'program never downloads data)')
+    info = self._builder.info
+    if not info.supervised_keys:
+      raise ValueError(f'TFDS dataset {name!r} has no (image, label) supervised keys')
+    label_key = info.supervised_keys[1]
+    self.num_classes = info.features[label_key].num_classes
+
+  def _check_split(self, split):
+    try:
+      return self._builder.info.splits[split]
+    except (KeyError, ValueError):
+      _fail_split(self.name, split, self._builder.info.splits.keys())
+
+  def num_examples(self, split):
+    return self._check_split(split).num_examples
+
+  def as_dataset(self, split, shuffle_files, input_context=None, seed=None):
+    self._check_split(split)
+    read_config = self._tfds.ReadConfig(
+        interleave_cycle_length=32, interleave_block_length=1, input_context=input_context,
+        shuffle_seed=seed)
+    dataset = self._builder.as_dataset(split=split, shuffle_files=shuffle_files,
+                                       as_supervised=True, read_config=read_config)
+    return dataset.map(lambda image, label: (_to_rgb(image), tf.cast(label, tf.int64)))
+
+
+# --- in-memory sources ------------------------------------------------------------------------
+
+class DigitsSource:
+  """scikit-learn's 1797 real 8x8 handwritten digits (10 classes), shipped inside the package.
+
+  Fixed stratified split: `train` = 1437 images, `test` = 360 (`validation` is an alias of
+  `test`, the reference's default eval split). Pixel values 0..16 become uint8 0..255, gray is
+  tiled to RGB, and images are upscaled (bilinear) to `image_size` when given.
+  """
+
+  num_classes = 10
+  SPLIT_ALIASES = {'train': 'train', 'test': 'test', 'validation': 'test'}
+
+  def __init__(self, image_size=None):
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+    digits = load_digits()
+    images = np.round(digits.images * (255. / 16.)).astype(np.uint8)
+    indices = np.arange(len(images))
+    train, test = train_test_split(indices, test_size=DIGITS_TEST_FRACTION,
+                                   stratify=digits.target, random_state=DIGITS_SPLIT_SEED)
+    self._splits = {name: (images[np.sort(idx)], digits.target[np.sort(idx)].astype(np.int64))
+                    for name, idx in (('train', train), ('test', test))}
+    self.image_size = image_size
+
+  def _split(self, split):
+    if split not in self.SPLIT_ALIASES:
+      _fail_split('digits', split, self.SPLIT_ALIASES)
+    return self._splits[self.SPLIT_ALIASES[split]]
+
+  def num_examples(self, split):
+    return len(self._split(split)[1])
+
+  def as_dataset(self, split, shuffle_files, input_context=None, seed=None):
+    images, labels = self._split(split)
+    dataset = _shard(tf.data.Dataset.from_tensor_slices((images, labels)), input_context)
+    if shuffle_files:  # the whole split is one small "file": shuffle examples instead
+      dataset = dataset.shuffle(len(labels), seed=seed)
+    return dataset.map(self._to_example)
+
+  def _to_example(self, image, label):
+    image = tf.image.grayscale_to_rgb(image[..., tf.newaxis])
+    if self.image_size:
+      image = tf.image.resize(image, [self.image_size, self.image_size], method='bilinear')
+      image = tf.cast(tf.round(tf.clip_by_value(image, 0., 255.)), tf.uint8)
+    return image, label
+
+
+# --- image folders ----------------------------------------------------------------------------
+
+def _list_images(folder):
+  return sorted(os.path.join(folder, name) for name in os.listdir(folder)
+                if not name.startswith('.') and name.lower().endswith(IMAGE_EXTENSIONS)
+                and os.path.isfile(os.path.join(folder, name)))
+
+
+def _decode(contents):
+  return tf.io.decode_image(contents, channels=3, expand_animations=False)
+
+
+def _decodable(paths):
+  """The subset of `paths` TensorFlow can read and decode (one parallel decoding pass)."""
+  def decoded_shape(path):
+    contents = tf.io.read_file(path)
+    # A JPEG decoded at 1/8 scale still parses the whole stream, so truncation is caught cheaply.
+    shape = tf.cond(tf.io.is_jpeg(contents),
+                    lambda: tf.shape(tf.io.decode_jpeg(contents, channels=3, ratio=8)),
+                    lambda: tf.shape(_decode(contents)))
+    return path, shape
+
+  dataset = tf.data.Dataset.from_tensor_slices(paths).map(
+      decoded_shape, num_parallel_calls=tf.data.AUTOTUNE).ignore_errors()
+  return {path.decode() for path, _ in dataset.as_numpy_iterator()}
+
+
+class ImageFolderSource:
+  """Images on disk: data_dir/<split>/<class>/<image> (labeled) or data_dir/<split>/<image>.
+
+  Labeled: classes are the sorted union of class-folder names over all split folders, so train
+  and eval splits share one label mapping. Unlabeled: every image has label 0 and num_classes is
+  1 (pretraining only). JPEG, PNG, GIF (first frame) and BMP of any size are read; grayscale and
+  RGBA become RGB. Files TensorFlow cannot decode are found by one decoding pass when a split is
+  first used and skipped with a single counted warning, or rejected with an error naming the
+  file when `skip_corrupt_images` is False; `num_examples` counts readable images only.
+  """
+
+  def __init__(self, data_dir, labeled=True, skip_corrupt_images=True):
+    self.name = 'image_folder' if labeled else 'image_folder_unlabeled'
+    if not data_dir or not os.path.isdir(data_dir):
+      raise ValueError(f'{self.name}: data_dir={data_dir!r} is not a directory; expected '
+                       f'data_dir/<split>/{"<class>/" if labeled else ""}<image files>')
+    self.data_dir = data_dir
+    self.labeled = labeled
+    self.skip_corrupt_images = skip_corrupt_images
+    if labeled:
+      self.class_names = sorted({name for split in self._split_names()
+                                 for name in os.listdir(os.path.join(data_dir, split))
+                                 if os.path.isdir(os.path.join(data_dir, split, name))})
+    else:
+      self.class_names = ['unlabeled']
+    self.num_classes = len(self.class_names)
+    self._examples = {}  # split -> (paths, labels) of readable images
+
+  def _split_names(self):
+    return sorted(name for name in os.listdir(self.data_dir)
+                  if os.path.isdir(os.path.join(self.data_dir, name)))
+
+  def _listed(self, split):
+    """All candidate (path, label) pairs of a split, before checking that they decode."""
+    if split not in self._split_names():
+      _fail_split(f'{self.name} {self.data_dir}', split, self._split_names())
+    folder = os.path.join(self.data_dir, split)
+    if not self.labeled:
+      return [(path, 0) for path in _list_images(folder)]
+    return [(path, label) for label, name in enumerate(self.class_names)
+            if os.path.isdir(os.path.join(folder, name))
+            for path in _list_images(os.path.join(folder, name))]
+
+  def _split(self, split):
+    if split not in self._examples:
+      listed = self._listed(split)
+      folder = os.path.join(self.data_dir, split)
+      if not listed:
+        raise ValueError(f'{self.name}: no images ({", ".join(IMAGE_EXTENSIONS)}) in {folder}'
+                         f'{"/<class>/" if self.labeled else ""}')
+      valid = _decodable([path for path, _ in listed])
+      corrupt = [path for path, _ in listed if path not in valid]
+      if corrupt and not self.skip_corrupt_images:
+        raise ValueError(f'{self.name}: cannot decode image {corrupt[0]} ({len(corrupt)} '
+                         'unreadable in total); fix or remove it, or set skip_corrupt_images')
+      if corrupt:
+        logger.warning('%s: skipping %d unreadable image(s) of %d in %s, e.g. %s', self.name,
+                       len(corrupt), len(listed), folder, corrupt[0])
+      examples = [(path, label) for path, label in listed if path in valid]
+      if not examples:
+        raise ValueError(f'{self.name}: none of the {len(listed)} images in {folder} can be read')
+      paths, labels = zip(*examples)
+      self._examples[split] = (list(paths), np.array(labels, np.int64))
+    return self._examples[split]
+
+  def num_examples(self, split):
+    return len(self._split(split)[0])
+
+  def as_dataset(self, split, shuffle_files, input_context=None, seed=None):
+    paths, labels = self._split(split)
+    dataset = _shard(tf.data.Dataset.from_tensor_slices((paths, labels)), input_context)
+    if shuffle_files:  # one file per example: shuffling the file list is a full shuffle
+      dataset = dataset.shuffle(len(labels), seed=seed)
+    return dataset.map(lambda path, label: (_decode(tf.io.read_file(path)), label),
+                       num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def get_source(dataset, data_dir=None, skip_corrupt_images=True, image_size=None):
+  """The source named `dataset`: digits, image_folder, image_folder_unlabeled or a TFDS name.
+
+  `image_size` is only used by `digits` (upscaling from 8x8; None keeps 8x8).
+  """
+  if dataset == 'digits':
+    return DigitsSource(image_size)
+  if dataset in ('image_folder', 'image_folder_unlabeled'):
+    return ImageFolderSource(data_dir, labeled=dataset == 'image_folder',
+                             skip_corrupt_images=skip_corrupt_images)
+  return TfdsSource(dataset, data_dir)
+
+
+# --- pipeline ---------------------------------------------------------------------------------
+
+def _element_seeds(base_seed, input_context):
+  """An infinite dataset of distinct stateless seeds for this input pipeline's examples."""
+  pipeline_id = input_context.input_pipeline_id if input_context else 0
+  pipeline_seed = tf.random.experimental.stateless_fold_in(
+      tf.constant([base_seed, 0], tf.int64), pipeline_id)
+  return tf.data.Dataset.counter().map(
+      lambda index: tf.random.experimental.stateless_fold_in(pipeline_seed, index))
+
+
+def build_input_fn(source, global_batch_size, is_training, *, split, train_mode, image_size,
+                   color_jitter_strength, cache_dataset, seed=None):
+  """Returns `input_fn(input_context)` building one input pipeline (data.md §2).
+
+  Training repeats forever and drops the remainder; evaluation reads the split once and keeps the
+  last partial batch. `seed` (int) makes shuffling and augmentation reproducible (K35); None is
+  the reference behaviour (unseeded, non-deterministic order).
+  """
+  if train_mode not in TRAIN_MODES:
+    raise ValueError(f'train_mode={train_mode!r} must be one of {", ".join(TRAIN_MODES)}')
+  augment.validate_color_jitter_strength(color_jitter_strength)
+  two_views = is_training and train_mode == 'pretrain'
+  test_crop = image_size > 32
+  num_classes = source.num_classes
+
+  def view(image, strength, view_seed):
+    return augment.preprocess_image(image, image_size, image_size, is_training, strength,
+                                    test_crop=test_crop, seed=view_seed)
+
+  def map_fn(example, element_seed):
+    image, label = example
+    if two_views:
+      first, second = tf.unstack(tf.random.experimental.stateless_split(element_seed, 2))
+      image = tf.concat([view(image, color_jitter_strength, first),
+                         view(image, color_jitter_strength, second)], axis=-1)
+    else:
+      image = view(image, 0., element_seed)
+    return image, tf.one_hot(label, num_classes, dtype=tf.float32)
+
+  def input_fn(input_context):
+    per_replica_batch_size = input_context.get_per_replica_batch_size(global_batch_size)
+    logger.info('%s input: global batch %d, per-replica batch %d, %d input pipeline(s)',
+                'training' if is_training else 'eval', global_batch_size,
+                per_replica_batch_size, input_context.num_input_pipelines)
+    dataset = source.as_dataset(split, shuffle_files=is_training, input_context=input_context,
+                                seed=seed)
+    if cache_dataset:
+      dataset = dataset.cache()
+    if is_training:
+      options = tf.data.Options()
+      options.deterministic = seed is not None
+      options.experimental_slack = True
+      dataset = dataset.with_options(options)
+      buffer_multiplier = 50 if image_size <= 32 else 10
+      dataset = dataset.shuffle(per_replica_batch_size * buffer_multiplier, seed=seed).repeat()
+    # Seeds are tied to an example's position, not to the (possibly parallel) map call order.
+    base_seed = random.SystemRandom().randrange(2**31) if seed is None else seed
+    dataset = tf.data.Dataset.zip((dataset, _element_seeds(base_seed, input_context)))
+    dataset = dataset.map(map_fn, num_parallel_calls=tf.data.AUTOTUNE)
+    dataset = dataset.batch(per_replica_batch_size, drop_remainder=is_training)
+    return dataset.prefetch(tf.data.AUTOTUNE)
+
+  return input_fn
+
+
+def build_distributed_dataset(source, global_batch_size, is_training, strategy, **kwargs):
+  """`strategy.distribute_datasets_from_function` over `build_input_fn(...)`; same keywords."""
+  replicas = strategy.num_replicas_in_sync
+  if global_batch_size % replicas:
+    raise ValueError(f'global batch size {global_batch_size} is not divisible by the '
+                     f'{replicas} replicas; use a multiple of {replicas}')
+  input_fn = build_input_fn(source, global_batch_size, is_training, **kwargs)
+  return strategy.distribute_datasets_from_function(input_fn)
