@@ -1,0 +1,1 @@
+"""Conversion of simclr_tf2 / official SimCLR TF2 checkpoints to PyTorch."""
