@@ -15,13 +15,13 @@ setup(
     long_description_content_type='text/markdown',
     packages=find_packages(include=['simclr_tf2', 'simclr_tf2.*', 'checkpoints_conversion',
                                     'checkpoints_conversion.*']),
-    package_data={'simclr_tf2': ['flags/*.cfg']},
     python_requires='>=3.9',
     install_requires=[
         # Keras 2 (tf_keras) keeps the official checkpoint object graph; Keras 3 breaks it.
         # tf_keras must match the TensorFlow minor version.
         'tensorflow~=2.21.0',
         'tf_keras~=2.21.0',
+        'tensorboard>=2.16',  # tf.summary image/scalar writers (not a TF 2.21 dependency)
         'tensorflow-datasets>=4.9',
         'absl-py>=1.0',
         'numpy>=1.23',

@@ -1,0 +1,64 @@
+"""absl entry point: `python -m simclr_tf2.run --flagfile=...` or the `simclr-tf2` command.
+
+Defines the 48 official flags (and this port's additions) from `Config`, parses them, and hands a
+validated Config to `train.run`. Nothing else in the package reads flags.
+"""
+
+import json
+import logging as std_logging
+import os
+import sys
+
+from absl import app, flags, logging
+
+from simclr_tf2 import flags as config_flags
+
+config_flags.define_config_flags()
+FLAGS = flags.FLAGS
+
+
+def _write_flags_json(model_dir):
+  """All flag values (absl's own included) that JSON can hold, like the reference's flags.json."""
+  from simclr_tf2.train import write_json  # pylint: disable=import-outside-toplevel
+  values = {}
+  for name in FLAGS:
+    value = FLAGS[name].value
+    try:
+      json.dumps(value)
+    except (TypeError, ValueError):
+      continue
+    values[name] = value
+  write_json(os.path.join(model_dir, 'flags.json'), values)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
+  try:
+    config = config_flags.config_from_flags(FLAGS)
+  except ValueError as error:
+    print(f'error: {error}', file=sys.stderr)
+    return 1
+  # Imported after flag validation so a bad flag fails fast, before TensorFlow loads.
+  from simclr_tf2 import train  # pylint: disable=import-outside-toplevel
+  std_logging.getLogger('tensorflow').setLevel(std_logging.WARNING)  # keep progress readable
+  try:
+    if config.model_dir:
+      _write_flags_json(config.model_dir)
+    result = train.run(config)
+  except (ValueError, train.TrainingError) as error:
+    print(f'error: {str(error).splitlines()[0]}', file=sys.stderr)
+    return 1
+  if result:
+    print(json.dumps(result, indent=2, sort_keys=True))
+  return 0
+
+
+def run_main():
+  """Console-script entry point (`simclr-tf2`)."""
+  logging.set_verbosity(logging.INFO)
+  app.run(main)
+
+
+if __name__ == '__main__':
+  run_main()
