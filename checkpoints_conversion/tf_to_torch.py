@@ -5,12 +5,9 @@ a `SimCLRTorch` built on the meta device for the given architecture, so both sid
 exactly: every `model/...` checkpoint variable is consumed and every state-dict entry is filled,
 otherwise ValueError.
 
-Command line:
-  python -m checkpoints_conversion.tf_to_torch --checkpoint MODEL_DIR_OR_PREFIX \
-      --output model.safetensors [--torchvision]
+Command line: `python -m checkpoints_conversion.convert_to_pytorch`.
 """
 
-import argparse
 import os
 import tempfile
 from typing import Dict, Iterator, Mapping, Optional, Tuple
@@ -267,34 +264,3 @@ def save_state_dict(state_dict: Mapping[str, torch.Tensor], path: str) -> None:
   except BaseException:
     os.remove(tmp_path)
     raise
-
-
-def read_tf_checkpoint(checkpoint: str) -> Dict[str, np.ndarray]:
-  """Model variables (no optimizer slots) of a TF checkpoint directory or prefix."""
-  import tensorflow as tf  # only needed for reading; conversion itself is TF-free
-  reader = tf.train.load_checkpoint(checkpoint)
-  keys = detect.model_variables({k: k for k in reader.get_variable_to_shape_map()}).values()
-  return {key: reader.get_tensor(key) for key in keys}
-
-
-def main(argv=None) -> None:
-  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  parser.add_argument('--checkpoint', required=True,
-                      help='training checkpoint directory (latest is used) or prefix')
-  parser.add_argument('--output', required=True, help='.pth or .safetensors file to write')
-  parser.add_argument('--torchvision', action='store_true',
-                      help='write torchvision resnet50/101/152 keys (plain models only)')
-  args = parser.parse_args(argv)
-  if os.path.splitext(args.output)[1] not in SAVE_FORMATS:
-    parser.error(f'--output must end with one of {SAVE_FORMATS}')
-  values = read_tf_checkpoint(args.checkpoint)
-  arch = detect.detect_architecture({k: v.shape for k, v in values.items()})
-  state_dict = checkpoint_to_state_dict(values, arch)
-  if args.torchvision:
-    state_dict = to_torchvision_resnet_state_dict(state_dict)
-  save_state_dict(state_dict, args.output)
-  print(f'architecture: {arch}\nwrote {len(state_dict)} tensors to {args.output}')
-
-
-if __name__ == '__main__':
-  main()

@@ -5,6 +5,7 @@ Keys are paths through the object graph (spec model.md §6): this module compute
 """
 
 import collections
+import contextlib
 import logging
 import os
 import re
@@ -21,6 +22,21 @@ ARCHITECTURE_FLAGS = ('resnet_depth', 'width_multiplier', 'sk_ratio', 'se_ratio'
 
 class CheckpointError(ValueError):
   """A checkpoint is missing, unreadable or does not fit the model. The message is one line."""
+
+
+# A truncated data file surfaces as IndexError ("Read less bytes than requested") from TF's reader.
+_READ_ERRORS = (tf.errors.OpError, IndexError, ValueError)
+
+
+@contextlib.contextmanager
+def reading(prefix):
+  """Turns TF's errors for unreadable / truncated checkpoint files into a CheckpointError."""
+  try:
+    yield
+  except CheckpointError:
+    raise
+  except _READ_ERRORS as error:
+    raise CheckpointError(f'cannot read checkpoint {prefix}: {_first_line(error)}') from None
 
 
 def resolve_checkpoint(path: str) -> str:
@@ -51,10 +67,16 @@ def _newest_prefix_in(directory):
 
 def read_shapes(prefix: str) -> Dict[str, List[int]]:
   """{key: shape} of a checkpoint, with a one-line error for unreadable files."""
-  try:
+  with reading(prefix):
     return {key: list(shape) for key, shape in tf.train.list_variables(prefix)}
-  except (tf.errors.OpError, ValueError) as error:
-    raise CheckpointError(f'cannot read checkpoint {prefix}: {_first_line(error)}') from None
+
+
+def read_model_values(prefix: str) -> Dict[str, object]:
+  """{key: value} of the `model/...` variables of a checkpoint (optimizer slots skipped)."""
+  with reading(prefix):
+    reader = tf.train.load_checkpoint(prefix)
+    return {key: reader.get_tensor(key) for key in _file_model_shapes(
+        reader.get_variable_to_shape_map())}
 
 
 def _first_line(error):
@@ -166,7 +188,8 @@ def restore_initial_weights(model, path: str) -> Tuple[str, bool]:
   file_head = _supervised_head_shapes(_file_model_shapes(file_shapes))
   restore_head = model.has_supervised_head and model_head == file_head
   root = model if restore_head else _ModelWithoutSupervisedHead(model)
-  status = tf.train.Checkpoint(model=root).read(prefix)
+  with reading(prefix):
+    status = tf.train.Checkpoint(model=root).read(prefix)
   status.expect_partial()  # optimizer slots and the step of the file are deliberately not loaded
   status.assert_existing_objects_matched()
   if model.has_supervised_head and not restore_head:
@@ -180,7 +203,8 @@ def restore_training_state(checkpoint: tf.train.Checkpoint, model, prefix: str):
   mismatch = compare_model(model, read_shapes(prefix))
   if mismatch:
     raise _mismatch_error(prefix, mismatch)
-  status = checkpoint.restore(prefix)
+  with reading(prefix):
+    status = checkpoint.restore(prefix)
   status.assert_existing_objects_matched()
   return status
 
@@ -192,7 +216,8 @@ def restore_for_evaluation(model, path: str) -> Tuple[str, int]:
   if mismatch:
     raise _mismatch_error(prefix, mismatch)
   global_step = tf.Variable(0, dtype=tf.int64, trainable=False)
-  status = tf.train.Checkpoint(model=model, global_step=global_step).read(prefix)
+  with reading(prefix):
+    status = tf.train.Checkpoint(model=model, global_step=global_step).read(prefix)
   status.expect_partial()
   status.assert_existing_objects_matched()
   return prefix, int(global_step.numpy())

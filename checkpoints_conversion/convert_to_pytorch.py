@@ -1,0 +1,74 @@
+"""Convert a SimCLR TF2 training checkpoint or SavedModel into a PyTorch state dict (model.md §9).
+
+  python -m checkpoints_conversion.convert_to_pytorch \
+      (--checkpoint=MODEL_DIR_OR_PREFIX | --saved_model=EXPORT_DIR) --output=FILE.pth|.safetensors \
+      [--torchvision]
+
+The architecture is detected from the variable shapes; the result loads into
+`checkpoints_conversion.torch_resnet.SimCLRTorch(**architecture)` (printed on success), or with
+--torchvision into torchvision's resnet50/101/152 (plain ResNets only). SavedModels exported by
+this project and the official pre-converted TF2 SavedModels are both accepted (K32). Nothing is
+written on any error.
+"""
+
+import os
+from typing import Dict
+
+from absl import flags
+import numpy as np
+
+from checkpoints_conversion import cli, tf_to_torch
+from checkpoints_conversion.detect import detect_architecture
+from simclr_tf2.checkpoint import read_model_values, resolve_checkpoint
+from simclr_tf2.export import read_saved_model_variables
+
+
+def define_flags(flag_values):
+  flags.DEFINE_string('checkpoint', None, 'Training checkpoint prefix or directory (newest).',
+                      flag_values=flag_values)
+  flags.DEFINE_string('saved_model', None, 'SavedModel directory (this project or official TF2).',
+                      flag_values=flag_values)
+  flags.DEFINE_string('output', None, 'File to write: .pth (torch.save) or .safetensors.',
+                      flag_values=flag_values)
+  flags.DEFINE_bool('torchvision', False, 'Write torchvision resnet50/101/152 keys (plain ResNet '
+                    'only; the projection head is dropped, a supervised head becomes `fc`).',
+                    flag_values=flag_values)
+
+
+def read_values(checkpoint: str = None, saved_model: str = None) -> Dict[str, np.ndarray]:
+  """Model variable values keyed like a training checkpoint, from exactly one of the sources."""
+  if bool(checkpoint) == bool(saved_model):
+    raise ValueError('give exactly one of --checkpoint and --saved_model')
+  if saved_model:
+    return read_saved_model_variables(saved_model)
+  return read_model_values(resolve_checkpoint(checkpoint))
+
+
+def convert(flag_values) -> Dict:
+  """Reads, converts and writes; returns the detected architecture."""
+  output = flag_values.output
+  if not output or os.path.splitext(output)[1] not in tf_to_torch.SAVE_FORMATS:
+    raise ValueError(f'--output must end with one of {", ".join(tf_to_torch.SAVE_FORMATS)}, '
+                     f'got {output!r}')
+  values = read_values(flag_values.checkpoint, flag_values.saved_model)
+  architecture = detect_architecture({key: value.shape for key, value in values.items()})
+  state_dict = tf_to_torch.checkpoint_to_state_dict(values, architecture)
+  if flag_values.torchvision:
+    state_dict = tf_to_torch.to_torchvision_resnet_state_dict(state_dict)
+  tf_to_torch.save_state_dict(state_dict, output)
+  print(f'architecture: {architecture}\nwrote {len(state_dict)} tensors to {output}')
+  return architecture
+
+
+def run(argv) -> int:
+  """In-process entry point: parses `argv` (argv[0] = program name) and returns the exit code."""
+  return cli.run(define_flags, convert, argv)
+
+
+def run_main():
+  """Console script `simclr-convert-to-pytorch`."""
+  cli.run_main(define_flags, convert)
+
+
+if __name__ == '__main__':
+  run_main()

@@ -1,0 +1,165 @@
+"""SavedModel export of a SimCLR model and reading variables back from SavedModels (model.md §8).
+
+Layout of an export (same as the reference, so existing consumers keep working):
+  root.model                      the Keras model
+  root.trainable_variables_list   model.trainable_variables at export time
+  root(images, trainable)         dict of the endpoints (ENDPOINT_NAMES; `logits_sup` only when the
+                                  model has a supervised head, K10), never blurred (K25)
+  root.signatures['serving_default'](images=...)   the trainable=False function (K12)
+Custom gradients are saved so `loaded(x, trainable=True)` can be differentiated (K13).
+"""
+
+import collections
+import os
+import re
+import uuid
+from typing import Dict
+
+import numpy as np
+import tensorflow as tf
+
+from simclr_tf2.checkpoint import VALUE_SUFFIX, CheckpointError
+
+IMAGES_SPEC = tf.TensorSpec([None, None, None, 3], tf.float32)
+SERVING_INPUT_NAME = 'images'
+SAVED_MODEL_SUBDIR = 'saved_model'
+
+# Children every restored Keras object gets from SavedModel serialisation. They alias the real
+# variables under shorter paths (`variables/17`), so walking them would produce non-training keys.
+_GENERIC_CHILDREN = frozenset({
+    'variables', 'trainable_variables', 'non_trainable_variables', 'keras_api',
+    'regularization_losses', 'signatures', 'trainable_variables_list'})
+
+
+class SimCLRExportModule(tf.Module):
+  """The exported root object. Call with a 3-channel batch and a Python bool `trainable`."""
+
+  def __init__(self, model):
+    super().__init__()
+    if not model.variables:  # variables created inside the trace would escape the list below
+      model.create_variables()
+    self.model = model
+    # `trainable_variables` is a read-only tf.Module property, hence the reference's name.
+    self.trainable_variables_list = model.trainable_variables
+
+  @tf.function
+  def __call__(self, inputs, trainable):
+    # blur=False: an exported pretraining model called with trainable=True must not augment.
+    return self.model.call_with_endpoints(inputs, training=trainable, blur=False)
+
+
+def build_export_module(model) -> SimCLRExportModule:
+  """Export root with both `trainable` variants traced and a `serving_default` function."""
+  module = SimCLRExportModule(model)
+  for trainable in (True, False):
+    module.__call__.get_concrete_function(IMAGES_SPEC, trainable)
+
+  @tf.function(input_signature=[tf.TensorSpec(IMAGES_SPEC.shape, IMAGES_SPEC.dtype,
+                                              name=SERVING_INPUT_NAME)])
+  def serve(images):
+    return module(images, trainable=False)
+
+  module.serve = serve  # tracked, so it is saved with the module
+  return module
+
+
+def export_saved_model(model, export_dir: str) -> str:
+  """Writes the SavedModel to `export_dir`, replacing an existing export only once complete.
+
+  The export is written to a temporary sibling directory and renamed into place; on local
+  filesystems readers therefore never see a partial export. (On object stores such as gs://,
+  rename is a copy and not atomic.)
+  """
+  module = build_export_module(model)
+  export_dir = export_dir.rstrip('/')
+  token = uuid.uuid4().hex[:8]
+  staging, retired = f'{export_dir}.tmp-{token}', f'{export_dir}.old-{token}'
+  parent = os.path.dirname(export_dir)
+  if parent:
+    tf.io.gfile.makedirs(parent)
+  try:
+    tf.saved_model.save(
+        module, staging, signatures={'serving_default': module.serve},
+        options=tf.saved_model.SaveOptions(experimental_custom_gradients=True))
+    _replace_directory(staging, export_dir, retired)
+  finally:
+    if tf.io.gfile.exists(staging):
+      tf.io.gfile.rmtree(staging)
+  return export_dir
+
+
+def _replace_directory(source: str, target: str, retired: str) -> None:
+  """Renames `source` to `target`; an existing `target` is moved aside and put back on failure."""
+  had_target = tf.io.gfile.exists(target)
+  if had_target:
+    tf.io.gfile.rename(target, retired)
+  try:
+    tf.io.gfile.rename(source, target)
+  except BaseException:
+    if had_target:
+      tf.io.gfile.rename(retired, target)
+    raise
+  if had_target:
+    tf.io.gfile.rmtree(retired)
+
+
+def prune_exports(export_root: str, keep: int) -> None:
+  """Keeps the `keep` highest numeric sub-directories of `export_root` (keep <= 0: all)."""
+  if keep <= 0 or not tf.io.gfile.isdir(export_root):
+    return
+  steps = sorted(int(name.rstrip('/')) for name in tf.io.gfile.listdir(export_root)
+                 if re.fullmatch(r'\d+/?', name))
+  for step in steps[:-keep]:
+    tf.io.gfile.rmtree(os.path.join(export_root, str(step)))
+
+
+def export_for_step(model, model_dir: str, global_step: int, keep_hub_module_max: int) -> str:
+  """Exports to `model_dir/saved_model/<global_step>` and prunes older exports."""
+  export_root = os.path.join(model_dir, SAVED_MODEL_SUBDIR)
+  path = export_saved_model(model, os.path.join(export_root, str(int(global_step))))
+  prune_exports(export_root, keep_hub_module_max)
+  return path
+
+
+def _is_function(obj) -> bool:
+  return isinstance(obj, (tf.types.experimental.GenericFunction,
+                          tf.types.experimental.ConcreteFunction))
+
+
+def read_saved_model_variables(saved_model_dir: str) -> Dict[str, np.ndarray]:
+  """Variable values of an export directory (this project's or the reference's), keyed like a
+  training checkpoint: `model/resnet_model/.../kernel/.ATTRIBUTES/VARIABLE_VALUE`."""
+  if not tf.io.gfile.exists(os.path.join(saved_model_dir, 'saved_model.pb')):
+    raise CheckpointError(f'no SavedModel at {saved_model_dir} (saved_model.pb not found)')
+  try:
+    loaded = tf.saved_model.load(saved_model_dir)
+  except (tf.errors.OpError, ValueError, OSError) as error:
+    first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    raise CheckpointError(f'cannot load SavedModel {saved_model_dir}: {first_line}') from None
+  if not hasattr(loaded, 'model'):
+    raise CheckpointError(f'{saved_model_dir} is not a SimCLR export (its root has no `model`)')
+  return loaded_model_variables(loaded)
+
+
+def loaded_model_variables(loaded) -> Dict[str, np.ndarray]:
+  """Like read_saved_model_variables, for an object returned by tf.saved_model.load.
+
+  The SavedModel's own `variables/` checkpoint uses serialisation paths (`model/resnet_model/
+  variables/17`), so instead `loaded.model` is walked along its original attribute names,
+  breadth-first (shortest path per variable, as tf.train.Checkpoint does).
+  """
+  values, seen = {}, set()
+  queue = collections.deque([('model', loaded.model)])
+  while queue:
+    path, obj = queue.popleft()
+    if id(obj) in seen:
+      continue
+    seen.add(id(obj))
+    if isinstance(obj, tf.Variable):
+      values[path + VALUE_SUFFIX] = obj.numpy()
+      continue
+    for name, child in obj._trackable_children().items():  # pylint: disable=protected-access
+      if name in _GENERIC_CHILDREN or name.startswith('_self_') or _is_function(child):
+        continue
+      queue.append((f'{path}/{name}', child))
+  return values
