@@ -84,10 +84,11 @@ def _first_line(error):
   return text.strip().splitlines()[0] if text.strip() else type(error).__name__
 
 
-def object_keys(**roots) -> Dict[str, tf.Variable]:
+def object_keys(skip_child=None, **roots) -> Dict[str, tf.Variable]:
   """{checkpoint key: variable} that `tf.train.Checkpoint(**roots)` would write.
 
   Breadth-first over trackable children, so each variable gets its shortest path, as TF does.
+  `skip_child(name, child)` can prune edges (e.g. a loaded SavedModel's generic children).
   """
   keys = {}
   seen = set()
@@ -101,7 +102,8 @@ def object_keys(**roots) -> Dict[str, tf.Variable]:
       keys[path + VALUE_SUFFIX] = obj
       continue
     children = obj._trackable_children(save_type='checkpoint')  # pylint: disable=protected-access
-    queue.extend((f'{path}/{name}', child) for name, child in children.items())
+    queue.extend((f'{path}/{name}', child) for name, child in children.items()
+                 if not (skip_child and skip_child(name, child)))
   return keys
 
 

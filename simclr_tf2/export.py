@@ -9,7 +9,6 @@ Layout of an export (same as the reference, so existing consumers keep working):
 Custom gradients are saved so `loaded(x, trainable=True)` can be differentiated (K13).
 """
 
-import collections
 import os
 import re
 import uuid
@@ -18,7 +17,7 @@ from typing import Dict
 import numpy as np
 import tensorflow as tf
 
-from simclr_tf2.checkpoint import VALUE_SUFFIX, CheckpointError
+from simclr_tf2.checkpoint import CheckpointError, object_keys
 
 IMAGES_SPEC = tf.TensorSpec([None, None, None, 3], tf.float32)
 SERVING_INPUT_NAME = 'images'
@@ -148,18 +147,8 @@ def loaded_model_variables(loaded) -> Dict[str, np.ndarray]:
   variables/17`), so instead `loaded.model` is walked along its original attribute names,
   breadth-first (shortest path per variable, as tf.train.Checkpoint does).
   """
-  values, seen = {}, set()
-  queue = collections.deque([('model', loaded.model)])
-  while queue:
-    path, obj = queue.popleft()
-    if id(obj) in seen:
-      continue
-    seen.add(id(obj))
-    if isinstance(obj, tf.Variable):
-      values[path + VALUE_SUFFIX] = obj.numpy()
-      continue
-    for name, child in obj._trackable_children().items():  # pylint: disable=protected-access
-      if name in _GENERIC_CHILDREN or name.startswith('_self_') or _is_function(child):
-        continue
-      queue.append((f'{path}/{name}', child))
-  return values
+  def generic(name, child):
+    return name in _GENERIC_CHILDREN or name.startswith('_self_') or _is_function(child)
+
+  return {key: variable.numpy()
+          for key, variable in object_keys(skip_child=generic, model=loaded.model).items()}

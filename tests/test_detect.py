@@ -5,19 +5,15 @@ import pytest
 torch = pytest.importorskip('torch')
 
 from checkpoints_conversion import tf_to_torch as t2t  # noqa: E402
+from golden_data import read_keys  # noqa: E402
 from checkpoints_conversion.detect import detect_architecture  # noqa: E402
 
 SUFFIX = '/.ATTRIBUTES/VARIABLE_VALUE'
 
 
 def read_golden(golden_dir, name):
-  shapes = {}
-  for line in (golden_dir / f'{name}.keys.txt').read_text().splitlines():
-    if line.startswith('#') or not line.strip():
-      continue
-    key, shape = line.split(' ', 1)
-    shapes[key] = [int(d) for d in shape.strip('[] ').split(',') if d.strip()]
-  return shapes
+  del golden_dir  # golden_data knows where the files are
+  return {key: list(shape) for key, shape in read_keys(name).items()}
 
 
 BASE = dict(width_multiplier=1, proj_head_mode='nonlinear', num_proj_layers=3, proj_out_dim=128,

@@ -13,6 +13,7 @@ torch = pytest.importorskip('torch')
 tf = pytest.importorskip('tensorflow')
 
 from checkpoints_conversion import detect  # noqa: E402
+from golden_data import read_keys  # noqa: E402
 from checkpoints_conversion import tf_to_torch as t2t  # noqa: E402
 from checkpoints_conversion.torch_resnet import SimCLRTorch  # noqa: E402
 
@@ -23,13 +24,8 @@ GOLDEN = ['r18_cifar_pretrain_lars', 'r18_sk_se_cifar_pretrain_lars', 'r50_image
 
 
 def read_golden(golden_dir, name):
-  shapes = {}
-  for line in (golden_dir / f'{name}.keys.txt').read_text().splitlines():
-    if line.startswith('#') or not line.strip():
-      continue
-    key, shape = line.split(' ', 1)
-    shapes[key] = tuple(int(d) for d in shape.strip('[] ').split(',') if d.strip())
-  return shapes
+  del golden_dir  # golden_data knows where the files are
+  return {key: tuple(shape) for key, shape in read_keys(name).items()}
 
 
 def random_values(shapes, seed=0):
