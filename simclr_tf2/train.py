@@ -46,7 +46,7 @@ def build_strategy(config: Config):
           tpu=config.tpu_name or config.master, zone=config.tpu_zone, project=config.gcp_project)
       tf.config.experimental_connect_to_cluster(resolver)
       topology = tf.tpu.experimental.initialize_tpu_system(resolver)
-    except (ValueError, RuntimeError, tf.errors.OpError) as error:
+    except (ValueError, RuntimeError, OSError, tf.errors.OpError) as error:
       raise TrainingError(f'no TPU reachable ({str(error).strip().splitlines()[0]}); '
                           'pass --use_tpu=false to train on GPUs or the CPU') from None
     logging.info('TPU topology: %d tasks, %d TPUs per task', topology.num_tasks,
