@@ -23,6 +23,7 @@ from simclr_tf2.objective import contrastive_loss, supervised_loss, weight_decay
 from simclr_tf2.schedule import WarmUpAndCosineDecay
 
 EVAL_POLL_SECONDS = 15
+_STRATEGIES = {}  # build_strategy's per-process strategies, by kind
 
 
 class TrainingError(RuntimeError):
@@ -53,10 +54,14 @@ def build_strategy(config: Config):
                  topology.num_tpus_per_task)
     return tf.distribute.TPUStrategy(resolver)
   cluster = json.loads(os.environ.get('TF_CONFIG', '{}')).get('cluster', {})
-  if len(cluster.get('worker', [])) + len(cluster.get('chief', [])) > 1:
-    strategy = tf.distribute.MultiWorkerMirroredStrategy()
-  else:
-    strategy = tf.distribute.MirroredStrategy()
+  multi_worker = len(cluster.get('worker', [])) + len(cluster.get('chief', [])) > 1
+  kind = 'multi_worker' if multi_worker else 'mirrored'
+  # One strategy per process: a second Mirrored strategy reuses the first one's collective
+  # instance keys and its all-reduces (sync BN) then fail, e.g. on a second run() in a notebook.
+  if kind not in _STRATEGIES:
+    _STRATEGIES[kind] = (tf.distribute.MultiWorkerMirroredStrategy() if multi_worker
+                         else tf.distribute.MirroredStrategy())
+  strategy = _STRATEGIES[kind]
   logging.info('Running on %d replica(s) with %s', strategy.num_replicas_in_sync,
                type(strategy).__name__)
   return strategy
@@ -103,6 +108,8 @@ class Experiment:
       optimizer = build_optimizer(config.optimizer, schedule, config.momentum,
                                   config.weight_decay)
       metrics = TrainMetrics(config.train_mode, config.lineareval_while_pretraining)
+      # Reading `iterations` here also creates the legacy optimizer's step counter in the
+      # strategy scope; created lazily inside the distributed step it would fail.
       checkpoint = tf.train.Checkpoint(model=model, global_step=optimizer.iterations,
                                        optimizer=optimizer)
       manager = tf.train.CheckpointManager(checkpoint, config.model_dir,
@@ -128,7 +135,7 @@ class Experiment:
             f'The last checkpoint ({manager.latest_checkpoint or "none"}) is kept: lower '
             '--learning_rate or check the data')
       manager.save(checkpoint_number=step)
-      learning_rate = float(schedule(step - 1))  # the rate used by the block's last update
+      learning_rate = float(schedule(step))  # schedule at the global step (training.md §3.2)
       self._log_progress(step, block, time.time() - block_start, step - start_step,
                          time.time() - start_time, learning_rate, results)
       with summary_writer.as_default():

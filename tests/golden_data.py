@@ -3,6 +3,9 @@
 import ast
 import pathlib
 
+import numpy as np
+import tensorflow as tf
+
 from conftest import GOLDEN_DIR
 
 # Flags of each golden configuration (golden/README.md); 10 classes everywhere.
@@ -46,3 +49,30 @@ def read_varnames(name):
     kind, var_name, shape = line.split(' ', 2)
     rows.append((kind, var_name, ast.literal_eval(shape)))
   return rows
+
+
+def _standard_normal(key, shape, rng):  # pylint: disable=unused-argument
+  return rng.standard_normal(shape)
+
+
+def golden_model_tree(golden_keys, rng, draw=_standard_normal):
+  """An object graph built only from golden `model/...` keys, holding random values.
+
+  `draw(key, shape, rng)` gives each variable's value (default: standard normal). Returns the root
+  and {path below `model/`: value}.
+  """
+  root = tf.Module()
+  values = {}
+  for key, shape in golden_keys.items():
+    if not key.startswith('model/') or '.OPTIMIZER_SLOT' in key:
+      continue
+    path = key[len('model/'):-len('/.ATTRIBUTES/VARIABLE_VALUE')].split('/')
+    node = root
+    for part in path[:-1]:
+      if not hasattr(node, part):
+        setattr(node, part, tf.Module())
+      node = getattr(node, part)
+    value = np.asarray(draw(key, shape, rng), dtype=np.float32)
+    setattr(node, path[-1], tf.Variable(value))
+    values['/'.join(path)] = value
+  return root, values

@@ -5,7 +5,8 @@ import pytest
 import tensorflow as tf
 import tf_keras as keras
 
-from golden_data import GOLDEN_CONFIGS, NUM_CLASSES, REFERENCE_PARITY, read_keys, read_varnames
+from golden_data import (GOLDEN_CONFIGS, NUM_CLASSES, REFERENCE_PARITY, read_keys, read_varnames,
+                         golden_model_tree as _golden_model_tree)
 from simclr_tf2.lars import EXCLUDE_FROM_WEIGHT_DECAY, build_optimizer
 from simclr_tf2.model import build_model, decay_excluded_variables
 from simclr_tf2.schedule import WarmUpAndCosineDecay
@@ -81,25 +82,6 @@ def test_structural_decay_exclusion_equals_reference_name_rule(name):
              if any(p in row[1] for p in EXCLUDE_FROM_WEIGHT_DECAY)}
   assert structural == by_name
   assert by_name  # the rule matched something: BN, biases and the supervised head
-
-
-def _golden_model_tree(golden_keys, rng):
-  """An object graph built only from golden `model/...` keys, holding random values."""
-  root = tf.Module()
-  values = {}
-  for key, shape in golden_keys.items():
-    if not key.startswith('model/') or '.OPTIMIZER_SLOT' in key:
-      continue
-    path = key[len('model/'):-len('/.ATTRIBUTES/VARIABLE_VALUE')].split('/')
-    node = root
-    for part in path[:-1]:
-      if not hasattr(node, part):
-        setattr(node, part, tf.Module())
-      node = getattr(node, part)
-    value = rng.standard_normal(shape).astype(np.float32)
-    setattr(node, path[-1], tf.Variable(value))
-    values['/'.join(path)] = value
-  return root, values
 
 
 @pytest.mark.parametrize('name', ['r18_cifar_pretrain_lars', 'r50_sk_se_imagenet_pretrain_lars'])

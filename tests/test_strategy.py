@@ -30,6 +30,7 @@ def test_unreachable_tpu_is_a_one_line_error():
     ({'cluster': {'worker': ['localhost:1']}, 'task': {'type': 'worker', 'index': 0}}, 'mirrored'),
     (None, 'mirrored')])
 def test_tf_config_with_several_workers_selects_multi_worker(monkeypatch, tf_config, expected):
+  monkeypatch.setattr(train, '_STRATEGIES', {})
   # Stand-ins: creating real strategies here would start collectives in the test process.
   monkeypatch.setattr(tf.distribute, 'MultiWorkerMirroredStrategy',
                       lambda: _StandIn('multi_worker'))
@@ -39,3 +40,11 @@ def test_tf_config_with_several_workers_selects_multi_worker(monkeypatch, tf_con
   else:
     monkeypatch.setenv('TF_CONFIG', json.dumps(tf_config))
   assert train.build_strategy(Config(use_tpu=False)).kind == expected
+
+
+def test_strategy_is_reused_within_a_process(monkeypatch):
+  """Two runs in one process must not build two Mirrored strategies (collective key clash)."""
+  monkeypatch.setattr(train, '_STRATEGIES', {})
+  monkeypatch.setattr(tf.distribute, 'MirroredStrategy', lambda: _StandIn('mirrored'))
+  monkeypatch.delenv('TF_CONFIG', raising=False)
+  assert train.build_strategy(Config(use_tpu=False)) is train.build_strategy(Config(use_tpu=False))
