@@ -22,7 +22,6 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import tensorflow as tf  # noqa: E402
 
 from simclr_tf2.config import Config  # noqa: E402
-from simclr_tf2.data import build_distributed_dataset  # noqa: E402
 from simclr_tf2.lars import build_optimizer  # noqa: E402
 from simclr_tf2.metrics import TrainMetrics  # noqa: E402
 from simclr_tf2.schedule import WarmUpAndCosineDecay  # noqa: E402
@@ -40,7 +39,7 @@ def main():
 
   config = Config(dataset='digits', use_tpu=False, resnet_depth=args.resnet_depth,
                   image_size=args.image_size, train_batch_size=args.batch, use_blur=False,
-                  train_steps=10 ** 6, checkpoint_steps=args.steps, seed=0,
+                  train_steps=10 ** 6, checkpoint_steps=args.steps, seed=0, cache_dataset=True,
                   model_dir=tempfile.mkdtemp(prefix='simclr_bench_'))
   experiment = Experiment(config, tf.distribute.get_strategy())
   with experiment.strategy.scope():
@@ -48,10 +47,7 @@ def main():
         config, experiment.num_train_examples), config.momentum, config.weight_decay)
     metrics = TrainMetrics(config.train_mode, config.lineareval_while_pretraining)
   loop = experiment._train_loop_function(optimizer, metrics)  # pylint: disable=protected-access
-  iterator = iter(build_distributed_dataset(
-      experiment.source, config.train_batch_size, True, experiment.strategy,
-      split=config.train_split, train_mode=config.train_mode, image_size=config.image_size,
-      color_jitter_strength=config.color_jitter_strength, cache_dataset=True, seed=0))
+  iterator = iter(experiment.distributed_dataset(is_training=True))
 
   def in_graph_loop():
     loop(iterator, tf.constant(args.steps))

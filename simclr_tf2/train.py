@@ -93,16 +93,23 @@ class Experiment:
       self.model.create_variables()
     tf.io.gfile.makedirs(config.model_dir)
 
+  def distributed_dataset(self, is_training: bool):
+    """The per-replica training (augmented, repeated) or evaluation pipeline of this config."""
+    config = self.config
+    return build_distributed_dataset(
+        self.source, config.train_batch_size if is_training else config.eval_batch_size,
+        is_training, self.strategy,
+        split=config.train_split if is_training else config.eval_split,
+        train_mode=config.train_mode, image_size=config.image_size,
+        color_jitter_strength=config.color_jitter_strength if is_training else 0.,
+        cache_dataset=config.cache_dataset, seed=config.seed)
+
   # --- training --------------------------------------------------------------------------------
   def train(self):
     """Trains to exactly `train_steps`, resuming from model_dir's latest checkpoint if any."""
     config, strategy, model = self.config, self.strategy, self.model
     write_json(os.path.join(config.model_dir, 'config.json'), config.to_dict())
-    dataset = build_distributed_dataset(
-        self.source, config.train_batch_size, True, strategy, split=config.train_split,
-        train_mode=config.train_mode, image_size=config.image_size,
-        color_jitter_strength=config.color_jitter_strength, cache_dataset=config.cache_dataset,
-        seed=config.seed)
+    dataset = self.distributed_dataset(is_training=True)
     with strategy.scope():
       schedule = WarmUpAndCosineDecay.from_config(config, self.num_train_examples)
       optimizer = build_optimizer(config.optimizer, schedule, config.momentum,
@@ -222,10 +229,7 @@ class Experiment:
       return None
     num_eval_examples = self.source.num_examples(config.eval_split)
     eval_steps = config.total_eval_steps(num_eval_examples)
-    dataset = build_distributed_dataset(
-        self.source, config.eval_batch_size, False, strategy, split=config.eval_split,
-        train_mode=config.train_mode, image_size=config.image_size,
-        color_jitter_strength=0., cache_dataset=config.cache_dataset, seed=config.seed)
+    dataset = self.distributed_dataset(is_training=False)
     with strategy.scope():
       metrics = EvalMetrics()
       prefix, global_step = ckpt_lib.restore_for_evaluation(model, checkpoint_path)
