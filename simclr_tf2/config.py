@@ -7,6 +7,7 @@ flags *from* this class, so each default exists exactly once. Nothing here impor
 """
 
 import dataclasses
+import json
 import math
 from typing import Any, Dict, Optional
 
@@ -132,6 +133,21 @@ class Config:
       raise TypeError(f'unknown setting(s) {", ".join(unknown)}; settings are named like the '
                       'absl flags (e.g. resnet_depth, image_size)')
     return cls(**kwargs)
+
+  @classmethod
+  def from_json(cls, path: str) -> 'Config':
+    """The Config a run wrote (model_dir/config.json), or any JSON object of settings."""
+    try:
+      with open(path, encoding='utf-8') as f:
+        values = json.load(f)
+    except (OSError, ValueError) as error:
+      raise ValueError(f'cannot read settings from {path}: {error}') from None
+    if not isinstance(values, dict):
+      raise ValueError(f'{path}: expected a JSON object of settings, got {type(values).__name__}')
+    try:
+      return cls.from_kwargs(**values)
+    except TypeError as error:
+      raise ValueError(f'{path}: {error}') from None
 
   def replace(self, **kwargs) -> 'Config':
     return self.from_kwargs(**{**self.to_dict(), **kwargs})
