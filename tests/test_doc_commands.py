@@ -1,0 +1,168 @@
+"""Every shell command shown in README.md and docs/*.md runs, with tiny settings, so the docs
+cannot rot.
+
+The commands of one page run in order in one empty working directory (a later command may use
+what an earlier one wrote, as a reader would). Placeholders the pages use for the reader's own
+files are replaced by small stand-ins made here:
+  /data/my_images            an unlabeled image folder (data_dir/train/*.png)
+  /data/my_labeled_images    a labeled image folder (data_dir/<split>/<class>/*.png)
+  /data/tfds                 a prepared TFDS folder: the run uses the embedded digits instead
+  /checkpoints/r50...        an official-layout ResNet-50 checkpoint
+  /checkpoints/...           an official-layout ResNet-18 checkpoint (any other name)
+  /saved_models/...          a SavedModel exported from that checkpoint
+Training commands get tiny-run flags appended (absl: the last value of a flag wins). Commands
+that cannot run in a test are listed in NOT_RUN with the reason; any other command fails the
+test, so a new command is either runnable or explicitly excused.
+"""
+
+import os
+import pathlib
+import re
+import shlex
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+PAGES = [REPO / 'README.md'] + sorted((REPO / 'docs').glob('*.md'))
+
+NOT_RUN = {  # command prefix: why no test runs it
+    'pip install': 'installs packages: .ci/run runs the README install commands',
+    'python -m pytest': 'the test suite itself (.ci/run)',
+    'python -m simclr_tf2.demo': 'the demo: .ci/run runs it from the built wheel',
+    'tfds build': 'downloads a dataset (no network in tests)',
+    'tensorboard': 'starts a web server',
+    'python bench/': 'benchmarks take minutes and assert nothing: run by hand',
+    'bash .ci/run': 'CI itself',
+    'TF_CONFIG=': 'one worker of a cluster: tests/test_multiworker.py runs a real two-worker job',
+    'srun': 'needs a SLURM cluster',
+    'sbatch': 'needs a SLURM cluster',
+    'export ': 'sets a shell variable for the commands that follow',
+}
+ENTRY_POINTS = {  # program as written -> python arguments
+    'simclr-tf2': ['-m', 'simclr_tf2.run'],
+    'python -m simclr_tf2.run': ['-m', 'simclr_tf2.run'],
+    'simclr-export-saved-model': ['-m', 'checkpoints_conversion.export_saved_model'],
+    'python -m checkpoints_conversion.export_saved_model':
+        ['-m', 'checkpoints_conversion.export_saved_model'],
+    'simclr-convert-to-pytorch': ['-m', 'checkpoints_conversion.convert_to_pytorch'],
+    'python -m checkpoints_conversion.convert_to_pytorch':
+        ['-m', 'checkpoints_conversion.convert_to_pytorch'],
+    'simclr-tf2-embed': ['-m', 'simclr_tf2.embed'],
+    'python -m simclr_tf2.embed': ['-m', 'simclr_tf2.embed'],
+}
+TINY_TRAINING = ['--use_tpu=false', '--train_steps=2', '--checkpoint_steps=1', '--eval_steps=1',
+                 '--train_batch_size=8', '--eval_batch_size=8', '--image_size=8',
+                 '--resnet_depth=18', '--width_multiplier=1', '--sk_ratio=0', '--se_ratio=0',
+                 '--eval_timeout=1', '--use_blur=false']
+TINY_EMBEDDING = ['--max_examples=24', '--batch_size=8']
+
+
+def shell_commands(page):
+  """Commands of the page's ```bash blocks: continuation lines joined, comments dropped."""
+  commands = []
+  for block in re.findall(r'```bash\n(.*?)```', page.read_text(encoding='utf-8'), flags=re.S):
+    for line in block.replace('\\\n', ' ').splitlines():
+      line = line.split(' #', 1)[0].strip()
+      if line and not line.startswith('#'):
+        commands.append(line)
+  return commands
+
+
+def excuse(command):
+  return next((why for prefix, why in NOT_RUN.items() if command.startswith(prefix)), None)
+
+
+def entry_point(command):
+  for program in sorted(ENTRY_POINTS, key=len, reverse=True):
+    if command == program or command.startswith(program + ' '):
+      return program
+  return None
+
+
+def test_every_documented_command_is_runnable_or_excused():
+  unknown = [(page.name, command) for page in PAGES for command in shell_commands(page)
+             if not excuse(command) and not entry_point(command)]
+  assert not unknown, f'add to ENTRY_POINTS or NOT_RUN (with the reason): {unknown}'
+
+
+# --- stand-ins for the reader's files --------------------------------------------------------
+
+def _write_images(folder, count, seed):
+  rng = np.random.default_rng(seed)
+  folder.mkdir(parents=True, exist_ok=True)
+  for index in range(count):
+    pixels = rng.integers(0, 256, size=(12, 12, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(folder / f'{index:03d}.png')
+
+
+def _run(args, cwd, env):
+  process = subprocess.run([sys.executable] + args, cwd=cwd, env=env, capture_output=True,
+                           text=True, timeout=600, check=False)
+  assert process.returncode == 0, (args, process.stderr[-3000:])
+  return process
+
+
+@pytest.fixture(scope='module')
+def stand_ins(tmp_path_factory):
+  root = tmp_path_factory.mktemp('reader_files')
+  env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get('PYTHONPATH', ''))
+  _write_images(root / 'my_images' / 'train', 24, seed=0)
+  for split in ('train', 'test', 'validation'):
+    for label in ('cats', 'dogs'):
+      _write_images(root / 'my_labeled_images' / split / label, 8, seed=hash((split, label)) % 99)
+  values = {'/data/my_images': root / 'my_images',
+            '/data/my_labeled_images': root / 'my_labeled_images'}
+  # ResNet-50 at 40 px: the ImageNet stem, which the torchvision layout needs.
+  for depth, size in ((18, 8), (50, 40)):
+    run_dir = root / f'r{depth}_run'
+    _run(['-m', 'simclr_tf2.run', '--dataset=digits', '--mode=train', f'--model_dir={run_dir}']
+         + TINY_TRAINING + [f'--resnet_depth={depth}', f'--image_size={size}', '--train_steps=1'],
+         cwd=root, env=env)
+    values[f'r{depth}'] = run_dir
+  values['saved_model'] = next((root / 'r18_run' / 'saved_model').iterdir())
+  return values, env
+
+
+def concrete(command, stand_ins_values):
+  """The command with placeholders replaced and tiny settings appended, as python arguments."""
+  program = entry_point(command)
+  args = shlex.split(command[len(program):])
+  args = [arg for arg in args if arg != '...']  # "and so on" in an example
+  uses_tfds = any('/data/tfds' in arg for arg in args)
+  module = ENTRY_POINTS[program][1]
+  training = module == 'simclr_tf2.run'  # tiny R18 settings: start from the R18 checkpoint
+  replaced = []
+  for arg in args:
+    name, _, value = arg.partition('=')
+    if value.startswith('/checkpoints/') or value in ('...', 'MODEL_DIR'):
+      r50 = value.startswith('/checkpoints/r50') and not training
+      value = str(stand_ins_values['r50' if r50 else 'r18'])
+    elif value.startswith('/saved_models/'):
+      value = str(stand_ins_values['saved_model'])
+    for placeholder in ('/data/my_labeled_images', '/data/my_images'):
+      value = value.replace(placeholder, str(stand_ins_values[placeholder]))
+    replaced.append(f'{name}={value}' if value else arg)
+  if training:
+    replaced += TINY_TRAINING
+    if uses_tfds or not any(arg.startswith('--data_dir=') for arg in args):
+      replaced += ['--dataset=digits', '--data_dir=']
+  elif module == 'simclr_tf2.embed':
+    replaced += TINY_EMBEDDING
+    if uses_tfds:
+      replaced += ['--dataset=digits', '--data_dir=']
+  return ENTRY_POINTS[program] + replaced
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('page', [p for p in PAGES if any(
+    not excuse(c) for c in shell_commands(p))], ids=lambda p: p.name)
+def test_documented_commands_run(page, stand_ins, tmp_path):
+  values, env = stand_ins
+  for command in shell_commands(page):
+    if excuse(command) or not entry_point(command):
+      continue
+    _run(concrete(command, values), cwd=tmp_path, env=env)
