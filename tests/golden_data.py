@@ -1,4 +1,4 @@
-"""Readers for the spec's machine-made golden files and the flags each was generated with."""
+"""Readers for the official implementation's reference data (tests/data/golden/) and its flags."""
 
 import ast
 import pathlib
@@ -8,7 +8,7 @@ import tensorflow as tf
 
 from conftest import GOLDEN_DIR
 
-# Flags of each golden configuration (golden/README.md); 10 classes everywhere.
+# Flags of each golden configuration (tests/data/golden/README.md); 10 classes everywhere.
 GOLDEN_CONFIGS = {
     'r18_cifar_pretrain_lars': dict(resnet_depth=18, image_size=32),
     'r18_sk_se_cifar_pretrain_lars': dict(resnet_depth=18, image_size=32, sk_ratio=0.0625,
