@@ -1,7 +1,7 @@
 """Recover the architecture flags of a SimCLR TF2 training checkpoint from its keys and shapes.
 
-Works on `{key: shape}` maps as returned by `tf.train.list_variables` (keys as in model.md §6, with
-or without the `/.ATTRIBUTES/VARIABLE_VALUE` suffix). No TensorFlow or torch needed.
+Works on `{key: shape}` maps as returned by `tf.train.list_variables` (training-checkpoint keys,
+with or without the `/.ATTRIBUTES/VARIABLE_VALUE` suffix). No TensorFlow or torch needed.
 The returned dict holds keyword arguments of `torch_resnet.SimCLRTorch` (= official flag names).
 """
 
@@ -9,7 +9,7 @@ import math
 import re
 from typing import Dict, Mapping, Sequence
 
-# Depth -> blocks per group (model.md §2.1); depth >= 50 uses bottleneck blocks.
+# Depth -> blocks per group; depth >= 50 uses bottleneck blocks.
 BLOCK_COUNTS = {
     18: (2, 2, 2, 2), 34: (3, 4, 6, 3), 50: (3, 4, 6, 3),
     101: (3, 4, 23, 3), 152: (3, 8, 36, 3), 200: (3, 24, 36, 3),

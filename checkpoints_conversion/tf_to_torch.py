@@ -1,9 +1,9 @@
 """Convert SimCLR TF2 training-checkpoint values into a `SimCLRTorch` (or torchvision) state dict.
 
-Mapping rules: model.md §9. The TF path of every torch module is derived from the module tree of
-a `SimCLRTorch` built on the meta device for the given architecture, so both sides must agree
-exactly: every `model/...` checkpoint variable is consumed and every state-dict entry is filled,
-otherwise ValueError.
+Mapping rules: docs/architecture-notes.md, "PyTorch conversion". The TF path of every torch module
+is derived from the module tree of a `SimCLRTorch` built on the meta device for the given
+architecture, so both sides must agree exactly: every `model/...` checkpoint variable is consumed
+and every state-dict entry is filled, otherwise ValueError.
 
 Command line: `python -m checkpoints_conversion.convert_to_pytorch`.
 """
@@ -44,9 +44,10 @@ _LEAVES = {
 }
 
 _STEM = 'resnet_model/initial_conv_relu_max_pool/'
-# Stem list indices of (conv, bn) per torch conv number; see model.md §2.2.
+# Stem list indices of (conv, bn) per torch conv number (docs/architecture-notes.md, "Stems").
 _STEM_INDICES = {1: {1: (0, 2)}, 3: {1: (0, 1), 2: (2, 3), 3: (4, 6)}}
-# Block list indices: (list name, {torch child: TF index}, SE index) per block flavour (§2.4-2.5).
+# Block list indices: (list name, {torch child: TF index}, SE index) per block flavour
+# (docs/architecture-notes.md, "Blocks").
 _RESIDUAL = ('conv2d_bn_layers', {'conv1': 0, 'bn1': 1, 'conv2': 2, 'bn2': 3}, None)
 _BOTTLENECK = ('conv_relu_dropblock_layers',
                {'conv1': 0, 'bn1': 1, 'conv2': 3, 'bn2': 4, 'conv3': 6, 'bn3': 7}, 9)
@@ -143,7 +144,7 @@ def checkpoint_to_state_dict(tf_values: Mapping[str, np.ndarray],
                              arch: Optional[Mapping] = None) -> Dict[str, torch.Tensor]:
   """SimCLRTorch state dict from training-checkpoint values.
 
-  tf_values: `{checkpoint key: array}` with keys as in model.md §6 (`model/...`, with or without
+  tf_values: `{checkpoint key: array}` (`model/...`, with or without
     `/.ATTRIBUTES/VARIABLE_VALUE`); optimizer slots and non-model entries are ignored.
   arch: SimCLRTorch keyword arguments; detected from the shapes when None.
   """

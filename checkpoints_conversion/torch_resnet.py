@@ -1,6 +1,6 @@
 """PyTorch mirror of the SimCLR TF2 model (ResNet v1.5 + SK/ResNet-D/SE + heads), inference-exact.
 
-Spec: model.md §2-§3 (architecture) and §9 (padding equivalences). Tensors are NCHW; inputs are RGB
+Architecture and padding equivalences: docs/architecture-notes.md. Tensors are NCHW; inputs are RGB
 in [0, 1] without mean/std normalisation. Every place where TF padding differs from PyTorch's
 symmetric `padding=` argument is implemented explicitly (see the helper functions below).
 

@@ -1,7 +1,9 @@
 """Checkpoint paths, key listing, and strict restores with one-line errors (K14, K15, K27).
 
-Keys are paths through the object graph (spec model.md §6): this module computes the keys a model
-*would* have, compares them with a file before restoring, and refuses partial restores.
+Keys are paths through the object graph (docs/architecture-notes.md, "Checkpoint keys"): this
+module computes the keys a model *would* have, compares them with a file before restoring, and
+refuses partial restores.
+Kn: defect numbers of the official code, listed in docs/differences.md.
 """
 
 import collections

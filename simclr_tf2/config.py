@@ -2,8 +2,8 @@
 
 Field names, types and defaults are the official absl flags of google-research/simclr `tf2/run.py`
 (48 of them, marked ``official=True`` in the field metadata) plus a few additions that fix
-documented defects (``known_issues.md`` K-numbers in their help text). ``run.py`` defines its absl
-flags *from* this class, so each default exists exactly once. Nothing here imports TensorFlow.
+documented defects (K-numbers of docs/differences.md in their help text). ``run.py`` defines its
+absl flags *from* this class, so each default exists exactly once. Nothing here imports TensorFlow.
 """
 
 import dataclasses
@@ -203,7 +203,7 @@ class Config:
             '--lineareval_while_pretraining=false')
     return self
 
-  # --- derived quantities (flags.md §3) ---------------------------------------------------------
+  # --- derived quantities (as the official code computes them) -----------------------------------
   def num_projection_outputs(self) -> int:
     """Length of the projection head's [input, layer outputs...] list."""
     return {'none': 1, 'linear': 2}.get(self.proj_head_mode, self.num_proj_layers + 1)

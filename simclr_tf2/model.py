@@ -1,4 +1,6 @@
-"""The SimCLR model: blur, ResNet encoder, projection head, supervised head (spec model.md §1).
+"""The SimCLR model: blur, ResNet encoder, projection head, supervised head.
+
+Kn: defect numbers of the official code, listed in docs/differences.md.
 
 Python API (no absl needed)::
 

@@ -1,10 +1,13 @@
-"""Training objectives (optim_loss.md §3, §5, §6): NT-Xent, supervised CE, L2 weight decay."""
+"""Training objectives: NT-Xent, supervised cross-entropy, L2 weight decay.
+
+Kn: defect numbers of the official code, listed in docs/differences.md.
+"""
 
 import tensorflow as tf
 
 LARGE_NUM = 1e9  # subtracted from an anchor's similarity with itself (masked, not removed)
 
-# Substrings of Variable.name that the name-based decay rules test (known_issues K18, K19).
+# Substrings of Variable.name that the name-based decay rules test (K18, K19).
 BATCH_NORM_NAME = 'batch_normalization'
 BIAS_NAME = 'bias'
 SUPERVISED_HEAD_NAME = 'head_supervised'

@@ -1,9 +1,10 @@
 """ResNet v1.5 encoder with Selective-Kernel, ResNet-D and Squeeze-Excitation variants.
 
 The object graph (attribute names, list positions, construction order) reproduces the official
-`tf2/resnet.py` exactly, because checkpoint keys are paths through it (spec model.md §2, §6) and
-Keras variable names come from construction order (model.md §5). Elements without variables
+`tf2/resnet.py` exactly, because checkpoint keys are paths through it and Keras variable names come
+from construction order (docs/architecture-notes.md describes both). Elements without variables
 (identity, pooling, padding, DropBlock) are kept in their lists so indices stay the same.
+Kn: defect numbers of the official code, listed in docs/differences.md.
 """
 
 from typing import NamedTuple, Optional
@@ -244,7 +245,10 @@ class BlockGroup(keras.layers.Layer):
 
 
 def _stem(width, cifar_stem, sk_ratio, norm, trainable):
-  """The `initial_conv_relu_max_pool` list (model.md §2.2, stems A/B/C)."""
+  """The `initial_conv_relu_max_pool` list: CIFAR, ImageNet or ResNet-D stem.
+
+  Contents: docs/architecture-notes.md, "Stems".
+  """
   def frozen(layer_class, *args, **kwargs):
     return layer_class(*args, trainable=trainable, **kwargs)
 
@@ -272,8 +276,9 @@ def _stem(width, cifar_stem, sk_ratio, norm, trainable):
 class Resnet(keras.layers.Layer):
   """The encoder: stem, four block groups, global average pool -> [N, 512w or 2048w].
 
-  `fine_tune_after_block` (finetune only, model.md §4): parts up to that block are frozen
-  (not in `trainable_variables`) and a stop_gradient is placed after them.
+  `fine_tune_after_block` (finetune only): parts up to that block are frozen (not in
+  `trainable_variables`) and a stop_gradient is placed after them; table in
+  docs/architecture-notes.md, "Freezing".
   """
 
   def __init__(self, resnet_depth=50, width_multiplier=1, cifar_stem=False, sk_ratio=0.,

@@ -1,4 +1,7 @@
-"""Readers for the official implementation's reference data (tests/data/golden/) and its flags."""
+"""Readers for the official implementation's reference data (tests/data/golden/) and its flags.
+
+Kn: defect numbers of the official code, listed in docs/differences.md.
+"""
 
 import ast
 import pathlib

@@ -1,4 +1,7 @@
-"""The model's checkpoint keys, shapes and Keras variable names equal the official golden lists."""
+"""The model's checkpoint keys, shapes and Keras variable names equal the official golden lists.
+
+Kn: defect numbers of the official code, listed in docs/differences.md.
+"""
 
 import numpy as np
 import pytest

@@ -1,5 +1,8 @@
 """Config: the official flag set (tests/data/golden/official_flags.txt), validation, derived
-quantities, README."""
+quantities, README.
+
+Kn: defect numbers of the official code, listed in docs/differences.md.
+"""
 
 import ast
 import json

@@ -1,5 +1,8 @@
 """The conversion CLIs: PyTorch weights that reproduce the TF endpoints, architecture detection,
-SavedModel export from a checkpoint, and one-line errors that write nothing (model.md §8-§9)."""
+SavedModel export from a checkpoint, and one-line errors that write nothing.
+
+Conversion rules: docs/architecture-notes.md, "PyTorch conversion".
+"""
 
 import ast
 import os
@@ -75,7 +78,7 @@ def assert_torch_matches_tf(model, state_dict, flags):
   torch_model = SimCLRTorch(**expected_architecture(flags))
   torch_model.load_state_dict(state_dict)  # strict: same keys and shapes
   size = flags['image_size']
-  for height in (size, size + 1):  # odd sizes change TF SAME padding (model.md §9)
+  for height in (size, size + 1):  # odd sizes change TF SAME padding
     x = images(height)
     expected = model.call_with_endpoints(x, training=False)
     with torch.no_grad():

@@ -1,4 +1,7 @@
-"""SavedModel export (model.md §8; K10-K13, K25, K32): outputs, signature, gradients, variables."""
+"""SavedModel export (K10-K13, K25, K32): outputs, signature, gradients, variables.
+
+Layout: docs/architecture-notes.md, "SavedModel layout". Kn: docs/differences.md.
+"""
 
 import atexit
 import functools

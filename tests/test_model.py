@@ -1,4 +1,7 @@
-"""Model forward pass: endpoint shapes, sync BN, freezing, and the fixed official defects."""
+"""Model forward pass: endpoint shapes, sync BN, freezing, and the fixed official defects.
+
+Kn: defect numbers of the official code, listed in docs/differences.md.
+"""
 
 import re
 
@@ -14,7 +17,7 @@ BATCH = 2
 
 
 def _expected_endpoint_shapes(depth, size, width=1, num_classes=10, proj_out_dim=128):
-  """Hand-derived from model.md §2: CIFAR stem keeps 32 px; ImageNet stem /2 then pool /2."""
+  """Hand-derived: CIFAR stem keeps 32 px; ImageNet stem /2 then pool /2."""
   expansion = 1 if depth < 50 else 4
   stem = size if size <= 32 else size // 2
   pooled = size if size <= 32 else size // 4
@@ -98,7 +101,7 @@ def test_whole_model_on_two_replicas_equals_one_device(two_replica_strategy):
   np.testing.assert_allclose(logits, expected, atol=1e-4)
 
 
-# --- freezing (model.md §4) --------------------------------------------------------------------
+# --- freezing (docs/architecture-notes.md, "Freezing") --------------------------------------
 
 def _trainable_parts(model):
   parts = set()
@@ -149,7 +152,7 @@ def test_linear_eval_keeps_encoder_batch_norm_statistics_frozen(freeze_stats):
   before = _moving_statistics(model.resnet_model)
   model(tf.random.uniform([4, 32, 32, 3], seed=4), training=True)
   changed = _changed(before, _moving_statistics(model.resnet_model))
-  assert len(changed) == 42  # 21 BN layers x (mean, variance), as the spec counted
+  assert len(changed) == 42  # ResNet-18: 21 encoder BN layers x (mean, variance)
   assert not any(changed) if freeze_stats else all(changed)
 
 
