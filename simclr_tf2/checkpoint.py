@@ -15,8 +15,8 @@ from typing import Dict, List, Optional, Tuple
 
 import tensorflow as tf
 
-VALUE_SUFFIX = '/.ATTRIBUTES/VARIABLE_VALUE'
-SLOT_MARKER = '/.OPTIMIZER_SLOT/'
+from simclr_tf2.architecture import MODEL_PREFIX, SLOT_MARKER, VALUE_SUFFIX
+
 SUPERVISED_HEAD_KEY = 'model/supervised_head/'
 ARCHITECTURE_FLAGS = ('resnet_depth', 'width_multiplier', 'sk_ratio', 'se_ratio', 'image_size',
                       'proj_head_mode', 'num_proj_layers', 'proj_out_dim')
@@ -135,7 +135,7 @@ def _model_shapes(model):
 
 
 def _file_model_shapes(file_shapes):
-  return {k: s for k, s in file_shapes.items() if k.startswith('model/') and SLOT_MARKER not in k}
+  return {k: s for k, s in file_shapes.items() if k.startswith(MODEL_PREFIX) and SLOT_MARKER not in k}
 
 
 def compare_model(model, file_shapes: Dict[str, List[int]], skip_prefix: Optional[str] = None

@@ -11,7 +11,8 @@ import json
 import math
 from typing import Any, Dict, Optional
 
-RESNET_DEPTHS = (18, 34, 50, 101, 152, 200)
+from simclr_tf2.architecture import CIFAR_MAX_IMAGE_SIZE, PROJ_HEAD_MODES, RESNET_DEPTHS
+
 MAX_COLOR_JITTER_STRENGTH = 1.25  # beyond it contrast/saturation lower bounds go negative (K24)
 
 
@@ -76,7 +77,7 @@ class Config:
   temperature: float = _flag(0.1, 'Temperature of the NT-Xent contrastive loss.')
   hidden_norm: bool = _flag(True, 'L2-normalise projection outputs before the contrastive loss.')
   proj_head_mode: str = _flag('nonlinear', 'Type of projection head.',
-                              choices=('none', 'linear', 'nonlinear'))
+                              choices=PROJ_HEAD_MODES)
   proj_out_dim: int = _flag(128, 'Output width of the projection head.')
   num_proj_layers: int = _flag(3, 'Number of layers of the nonlinear projection head.')
   ft_proj_selector: int = _flag(
@@ -210,7 +211,7 @@ class Config:
 
   @property
   def cifar_stem(self) -> bool:
-    return self.image_size <= 32
+    return self.image_size <= CIFAR_MAX_IMAGE_SIZE
 
   def peak_learning_rate(self) -> float:
     if self.learning_rate_scaling == 'linear':

@@ -12,13 +12,8 @@ from typing import NamedTuple, Optional
 import tensorflow as tf
 import tf_keras as keras
 
-BLOCK_COUNTS = {
-    18: (2, 2, 2, 2), 34: (3, 4, 6, 3), 50: (3, 4, 6, 3),
-    101: (3, 4, 23, 3), 152: (3, 8, 36, 3), 200: (3, 24, 36, 3),
-}
-BLOCK_GROUP_STRIDES = (1, 2, 2, 2)
-BN_EPSILON = 1e-5
-SK_MIN_DIM = 32
+from simclr_tf2.architecture import (BLOCK_COUNTS, BLOCK_GROUP_STRIDES, BN_EPSILON,
+                                     BOTTLENECK_MIN_DEPTH, SK_MIN_DIM)
 
 
 class NormSettings(NamedTuple):
@@ -295,7 +290,7 @@ class Resnet(keras.layers.Layer):
     # Group g (1-based) trains iff -1 <= ftab < g; out-of-range values freeze the whole encoder.
     self._group_frozen = [not -1 <= ftab < g for g in range(1, 5)]
     self.num_output_channels = (512 if resnet_depth < 50 else 2048) * width_multiplier
-    block_class = ResidualBlock if resnet_depth < 50 else BottleneckBlock
+    block_class = BottleneckBlock if resnet_depth >= BOTTLENECK_MIN_DEPTH else ResidualBlock
     self.initial_conv_relu_max_pool = _stem(width_multiplier, cifar_stem, sk_ratio, norm,
                                             trainable=not self._stem_frozen)
     self.block_groups = []

@@ -15,7 +15,8 @@ import tensorflow as tf
 
 from golden_data import GOLDEN_CONFIGS, NUM_CLASSES, REFERENCE_PARITY, read_keys
 from simclr_tf2 import export
-from simclr_tf2.checkpoint import SLOT_MARKER, object_keys
+from simclr_tf2.architecture import SLOT_MARKER
+from simclr_tf2.checkpoint import object_keys
 from simclr_tf2.model import ENDPOINT_NAMES, build_model
 
 # Pretraining configurations (with linear-eval head) exported once per session; shared with
