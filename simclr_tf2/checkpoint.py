@@ -103,7 +103,7 @@ def object_keys(skip_child=None, **roots) -> Dict[str, tf.Variable]:
     if isinstance(obj, tf.Variable):
       keys[path + VALUE_SUFFIX] = obj
       continue
-    children = obj._trackable_children(save_type='checkpoint')  # pylint: disable=protected-access
+    children = tf.train.TrackableView.children(obj)  # what a checkpoint saves
     queue.extend((f'{path}/{name}', child) for name, child in children.items()
                  if not (skip_child and skip_child(name, child)))
   return keys
