@@ -289,7 +289,6 @@ class Resnet(keras.layers.Layer):
     self._stem_frozen = ftab != -1
     # Group g (1-based) trains iff -1 <= ftab < g; out-of-range values freeze the whole encoder.
     self._group_frozen = [not -1 <= ftab < g for g in range(1, 5)]
-    self.num_output_channels = (512 if resnet_depth < 50 else 2048) * width_multiplier
     block_class = BottleneckBlock if resnet_depth >= BOTTLENECK_MIN_DEPTH else ResidualBlock
     self.initial_conv_relu_max_pool = _stem(width_multiplier, cifar_stem, sk_ratio, norm,
                                             trainable=not self._stem_frozen)

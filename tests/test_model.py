@@ -10,6 +10,7 @@ import pytest
 import tensorflow as tf
 import tf_keras as keras
 
+from simclr_tf2.checkpoint import object_keys
 from simclr_tf2.model import ENDPOINT_NAMES, build_model
 from simclr_tf2.resnet import BatchNormRelu, NormSettings
 
@@ -135,8 +136,14 @@ def test_pretraining_with_frozen_blocks_is_an_error():
     build_model(10, resnet_depth=18, image_size=32, fine_tune_after_block=2)
 
 
-def _moving_statistics(layer):
-  return [v.numpy().copy() for v in layer.variables if 'moving_' in v.name]
+def _moving_statistics(variables):
+  return [v.numpy().copy() for v in variables if 'moving_' in v.name]
+
+
+def _projection_head_variables(model):
+  """By checkpoint path: Keras names get a process-dependent suffix (projection_head_3/...)."""
+  return [v for key, v in object_keys(model=model).items()
+          if key.startswith('model/_projection_head/')]
 
 
 def _changed(before, after):
@@ -149,9 +156,9 @@ def test_linear_eval_keeps_encoder_batch_norm_statistics_frozen(freeze_stats):
   model = build_model(10, resnet_depth=18, image_size=32, train_mode='finetune',
                       fine_tune_after_block=4, freeze_bn_stats_when_frozen=freeze_stats)
   model.create_variables()
-  before = _moving_statistics(model.resnet_model)
+  before = _moving_statistics(model.resnet_model.variables)
   model(tf.random.uniform([4, 32, 32, 3], seed=4), training=True)
-  changed = _changed(before, _moving_statistics(model.resnet_model))
+  changed = _changed(before, _moving_statistics(model.resnet_model.variables))
   assert len(changed) == 42  # ResNet-18: 21 encoder BN layers x (mean, variance)
   assert not any(changed) if freeze_stats else all(changed)
 
@@ -161,7 +168,7 @@ def test_unused_projection_layers_are_frozen_in_finetune():
   stays trainable (warnings, weight decay) and its BN statistics drift."""
   model = build_model(10, resnet_depth=18, image_size=32, train_mode='finetune')
   model.create_variables()
-  head = model._projection_head  # pylint: disable=protected-access
+  head = _projection_head_variables(model)
   assert not any(v.name.startswith('projection_head') for v in model.trainable_variables)
   assert any(v.name.startswith('head_supervised') for v in model.trainable_variables)
   before = _moving_statistics(head)
@@ -181,8 +188,7 @@ def test_projection_head_linear_mode_works():
                       ft_proj_selector=-1, use_blur=False)
   projection, logits = model(tf.random.uniform([2, 32, 32, 6]), training=True)
   assert projection.shape == [4, 128] and logits.shape == [4, 10]
-  head = model._projection_head  # pylint: disable=protected-access
-  assert [v.name.split('/')[-1] for v in head.variables] == [
+  assert sorted(v.name.split('/')[-1] for v in _projection_head_variables(model)) == [
       'gamma:0', 'kernel:0', 'moving_mean:0', 'moving_variance:0']  # BN without beta
 
 

@@ -108,7 +108,7 @@ def test_ntxent_two_replicas(ntxent, two_replica_strategy):
     def replica_fn(h):
       with tf.GradientTape() as tape:
         tape.watch(h)
-        loss, logits_ab, labels = objective.contrastive_loss(h, True, temperature, strategy)
+        loss, logits_ab, labels = objective.contrastive_loss(h, True, temperature)
         scaled = loss / num_replicas  # as in training: gradients are summed over replicas
       return loss, logits_ab, labels, tape.gradient(scaled, h)
     return strategy.run(replica_fn, args=(local_hidden,))
