@@ -7,6 +7,7 @@ import ast
 import pathlib
 
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from conftest import GOLDEN_DIR
@@ -28,6 +29,11 @@ GOLDEN_CONFIGS = {
 # variables train, so golden lists are compared in reference-parity mode).
 REFERENCE_PARITY = dict(freeze_unused_proj_head=False, freeze_bn_stats_when_frozen=False)
 NUM_CLASSES = 10
+
+
+def cases(names, fast):
+  """pytest parameters for `names`: those not in `fast` are marked slow."""
+  return [name if name in fast else pytest.param(name, marks=pytest.mark.slow) for name in names]
 
 
 def _lines(path: pathlib.Path):

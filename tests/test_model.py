@@ -39,7 +39,8 @@ def _endpoint_shapes(model, size):
   return {name: t.shape.as_list() for name, t in endpoints.items()}
 
 
-@pytest.mark.parametrize('depth', [18, 34, 50, 101, 152, 200])
+@pytest.mark.parametrize('depth', [18, 34, 50] + [pytest.param(d, marks=pytest.mark.slow)
+                                                 for d in (101, 152, 200)])
 @pytest.mark.parametrize('size', [32, 64])
 def test_endpoint_shapes_every_depth(depth, size):
   model = build_model(10, resnet_depth=depth, image_size=size)
@@ -47,8 +48,9 @@ def test_endpoint_shapes_every_depth(depth, size):
 
 
 @pytest.mark.parametrize('depth,size,sk,se,width', [
-    (18, 32, 0.0625, 0.25, 1), (50, 32, 0.0625, 0., 1), (50, 64, 0.0625, 0.25, 1),
-    (50, 64, 0., 0.25, 2), (34, 64, 0.0625, 0., 1)])
+    (18, 32, 0.0625, 0.25, 1), (50, 32, 0.0625, 0., 1),
+    pytest.param(50, 64, 0.0625, 0.25, 1, marks=pytest.mark.slow),
+    pytest.param(50, 64, 0., 0.25, 2, marks=pytest.mark.slow), (34, 64, 0.0625, 0., 1)])
 def test_endpoint_shapes_sk_se_width(depth, size, sk, se, width):
   model = build_model(10, resnet_depth=depth, image_size=size, sk_ratio=sk, se_ratio=se,
                       width_multiplier=width, proj_out_dim=64)
@@ -85,6 +87,7 @@ def test_sync_batch_norm_uses_global_batch_statistics(two_replica_strategy):
                              atol=1e-6)
 
 
+@pytest.mark.slow  # test_sync_batch_norm_uses_global_batch_statistics is the fast check
 def test_whole_model_on_two_replicas_equals_one_device(two_replica_strategy):
   images = tf.random.uniform([4, 32, 32, 3], seed=3)
   config = dict(resnet_depth=18, image_size=32, train_mode='finetune', width_multiplier=1)
