@@ -65,7 +65,7 @@ Layout = Iterator[Tuple[str, str, str]]  # (TF path below model/, torch module p
 def _kind(module) -> str:
   if isinstance(module, tr.GammaOnlyBatchNorm1d):
     return 'bn_no_beta'
-  if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+  if isinstance(module, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d)):
     return 'bn'
   base = 'conv' if isinstance(module, torch.nn.Conv2d) else 'dense'
   return base + ('_bias' if module.bias is not None else '')
