@@ -1,4 +1,7 @@
-"""Convert a SimCLR TF2 training checkpoint or SavedModel into a PyTorch state dict (model.md §9).
+"""Convert a SimCLR TF2 training checkpoint or SavedModel into a PyTorch state dict.
+
+Mapping and padding rules: docs/architecture-notes.md, "PyTorch conversion".
+Kn: defect numbers of the official code, listed in docs/differences.md.
 
   python -m checkpoints_conversion.convert_to_pytorch \
       (--checkpoint=MODEL_DIR_OR_PREFIX | --saved_model=EXPORT_DIR) --output=FILE.pth|.safetensors \

@@ -1,7 +1,7 @@
 """Recover the architecture flags of a SimCLR TF2 training checkpoint from its keys and shapes.
 
-Works on `{key: shape}` maps as returned by `tf.train.list_variables` (keys as in model.md §6, with
-or without the `/.ATTRIBUTES/VARIABLE_VALUE` suffix). No TensorFlow or torch needed.
+Works on `{key: shape}` maps as returned by `tf.train.list_variables` (training-checkpoint keys,
+with or without the `/.ATTRIBUTES/VARIABLE_VALUE` suffix). No TensorFlow or torch needed.
 The returned dict holds keyword arguments of `torch_resnet.SimCLRTorch` (= official flag names).
 """
 
@@ -9,19 +9,11 @@ import math
 import re
 from typing import Dict, Mapping, Sequence
 
-# Depth -> blocks per group (model.md §2.1); depth >= 50 uses bottleneck blocks.
-BLOCK_COUNTS = {
-    18: (2, 2, 2, 2), 34: (3, 4, 6, 3), 50: (3, 4, 6, 3),
-    101: (3, 4, 23, 3), 152: (3, 8, 36, 3), 200: (3, 24, 36, 3),
-}
-BOTTLENECK_MIN_DEPTH = 50
-SK_MIN_DIM = 32
+from simclr_tf2.architecture import (BLOCK_COUNTS, BOTTLENECK_MIN_DEPTH, MODEL_PREFIX,
+                                     SK_MIN_DIM, SLOT_MARKER, STEM_PATH, VALUE_SUFFIX)
+
 PAPER_SK_RATIO = 0.0625  # reported when the SK width sits at its minimum and hides the ratio
 
-VALUE_SUFFIX = '/.ATTRIBUTES/VARIABLE_VALUE'
-MODEL_PREFIX = 'model/'
-
-_STEM = 'resnet_model/initial_conv_relu_max_pool/'
 _GROUPS = 'resnet_model/block_groups/'
 _PROJ = '_projection_head/linear_layers/'
 _SUP_KERNEL = 'supervised_head/linear_layer/dense/kernel'
@@ -35,7 +27,7 @@ def model_variables(entries: Mapping[str, object]) -> Dict[str, object]:
   """
   out = {}
   for key, value in entries.items():
-    if '/.OPTIMIZER_SLOT/' in key or not key.startswith(MODEL_PREFIX):
+    if SLOT_MARKER in key or not key.startswith(MODEL_PREFIX):
       continue
     if key.endswith(VALUE_SUFFIX):
       key = key[:-len(VALUE_SUFFIX)]
@@ -69,16 +61,16 @@ def detect_architecture(shapes: Mapping[str, Sequence[int]]) -> dict:
   Raises ValueError when the keys do not form a SimCLR TF2 model.
   """
   shapes = {k: tuple(int(d) for d in v) for k, v in model_variables(shapes).items()}
-  stem_kernel = shapes.get(_STEM + '0/conv2d/kernel')
+  stem_kernel = shapes.get(STEM_PATH + '0/conv2d/kernel')
   if stem_kernel is None:
     raise ValueError(
         'not a SimCLR TF2 training checkpoint: no key '
-        f"'{MODEL_PREFIX}{_STEM}0/conv2d/kernel{VALUE_SUFFIX}' ({len(shapes)} model/ keys found)")
+        f"'{MODEL_PREFIX}{STEM_PATH}0/conv2d/kernel{VALUE_SUFFIX}' ({len(shapes)} model/ keys found)")
 
   # Stem: ResNet-D deep stem has a second conv at index 2; otherwise 3x3 = CIFAR, 7x7 = ImageNet.
-  deep_stem = _STEM + '2/conv2d/kernel' in shapes
+  deep_stem = STEM_PATH + '2/conv2d/kernel' in shapes
   cifar_stem = not deep_stem and stem_kernel[0] == 3
-  stem_out = shapes[_STEM + '4/conv2d/kernel'][3] if deep_stem else stem_kernel[3]
+  stem_out = shapes[STEM_PATH + '4/conv2d/kernel'][3] if deep_stem else stem_kernel[3]
   if stem_out % 64:
     raise ValueError(f'stem width {stem_out} is not a multiple of 64')
   width = stem_out // 64

@@ -1,4 +1,6 @@
-"""Export a SimCLR TF2 training checkpoint as a SavedModel (model.md §8).
+"""Export a SimCLR TF2 training checkpoint as a SavedModel.
+
+Layout of the export: docs/architecture-notes.md, "SavedModel layout".
 
   python -m checkpoints_conversion.export_saved_model --checkpoint=MODEL_DIR_OR_PREFIX \
       --export_dir=DIR [--resnet_depth=50 ... | --flagfile=run_flags.cfg]

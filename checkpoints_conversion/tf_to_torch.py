@@ -1,9 +1,9 @@
 """Convert SimCLR TF2 training-checkpoint values into a `SimCLRTorch` (or torchvision) state dict.
 
-Mapping rules: model.md §9. The TF path of every torch module is derived from the module tree of
-a `SimCLRTorch` built on the meta device for the given architecture, so both sides must agree
-exactly: every `model/...` checkpoint variable is consumed and every state-dict entry is filled,
-otherwise ValueError.
+Mapping rules: docs/architecture-notes.md, "PyTorch conversion". The TF path of every torch module
+is derived from the module tree of a `SimCLRTorch` built on the meta device for the given
+architecture, so both sides must agree exactly: every `model/...` checkpoint variable is consumed
+and every state-dict entry is filled, otherwise ValueError.
 
 Command line: `python -m checkpoints_conversion.convert_to_pytorch`.
 """
@@ -14,6 +14,8 @@ from typing import Dict, Iterator, Mapping, Optional, Tuple
 
 import numpy as np
 import torch
+
+from simclr_tf2.architecture import BLOCK_COUNTS, MODEL_PREFIX, STEM_PATH
 
 from . import detect
 from . import torch_resnet as tr
@@ -43,10 +45,10 @@ _LEAVES = {
     'bn_no_beta': _BN_LEAVES,  # TF center=False: torch bias is filled with zeros
 }
 
-_STEM = 'resnet_model/initial_conv_relu_max_pool/'
-# Stem list indices of (conv, bn) per torch conv number; see model.md §2.2.
+# Stem list indices of (conv, bn) per torch conv number (docs/architecture-notes.md, "Stems").
 _STEM_INDICES = {1: {1: (0, 2)}, 3: {1: (0, 1), 2: (2, 3), 3: (4, 6)}}
-# Block list indices: (list name, {torch child: TF index}, SE index) per block flavour (§2.4-2.5).
+# Block list indices: (list name, {torch child: TF index}, SE index) per block flavour
+# (docs/architecture-notes.md, "Blocks").
 _RESIDUAL = ('conv2d_bn_layers', {'conv1': 0, 'bn1': 1, 'conv2': 2, 'bn2': 3}, None)
 _BOTTLENECK = ('conv_relu_dropblock_layers',
                {'conv1': 0, 'bn1': 1, 'conv2': 3, 'bn2': 4, 'conv3': 6, 'bn3': 7}, 9)
@@ -63,7 +65,7 @@ Layout = Iterator[Tuple[str, str, str]]  # (TF path below model/, torch module p
 def _kind(module) -> str:
   if isinstance(module, tr.GammaOnlyBatchNorm1d):
     return 'bn_no_beta'
-  if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+  if isinstance(module, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d)):
     return 'bn'
   base = 'conv' if isinstance(module, torch.nn.Conv2d) else 'dense'
   return base + ('_bias' if module.bias is not None else '')
@@ -98,8 +100,8 @@ def _block_layout(block, tf_block: str, torch_block: str) -> Layout:
 def _layout(model: tr.SimCLRTorch) -> Layout:
   """Every (TF layer path, torch module path, kind) of the model."""
   for n, (conv_i, bn_i) in _STEM_INDICES[model.stem.num_convs].items():
-    yield f'{_STEM}{conv_i}/conv2d', f'stem.conv{n}', 'conv'
-    yield f'{_STEM}{bn_i}/bn', f'stem.bn{n}', 'bn'
+    yield f'{STEM_PATH}{conv_i}/conv2d', f'stem.conv{n}', 'conv'
+    yield f'{STEM_PATH}{bn_i}/bn', f'stem.bn{n}', 'bn'
   for g in range(1, 5):
     for b, block in enumerate(getattr(model, f'layer{g}')):
       yield from _block_layout(block, f'resnet_model/block_groups/{g - 1}/layers/{b}/',
@@ -128,7 +130,7 @@ def tf_variable_shapes(arch: Mapping) -> Dict[str, Tuple[int, ...]]:
       shape = tuple(getattr(module, torch_leaf).shape)
       if tf_leaf == 'kernel':
         shape = shape[2:] + shape[1::-1] if len(shape) == 4 else shape[::-1]
-      shapes[f'{detect.MODEL_PREFIX}{tf_path}/{tf_leaf}'] = shape
+      shapes[f'{MODEL_PREFIX}{tf_path}/{tf_leaf}'] = shape
   return shapes
 
 
@@ -143,7 +145,7 @@ def checkpoint_to_state_dict(tf_values: Mapping[str, np.ndarray],
                              arch: Optional[Mapping] = None) -> Dict[str, torch.Tensor]:
   """SimCLRTorch state dict from training-checkpoint values.
 
-  tf_values: `{checkpoint key: array}` with keys as in model.md §6 (`model/...`, with or without
+  tf_values: `{checkpoint key: array}` (`model/...`, with or without
     `/.ATTRIBUTES/VARIABLE_VALUE`); optimizer slots and non-model entries are ignored.
   arch: SimCLRTorch keyword arguments; detected from the shapes when None.
   """
@@ -158,7 +160,7 @@ def checkpoint_to_state_dict(tf_values: Mapping[str, np.ndarray],
     for tf_leaf, (torch_leaf, transform) in _LEAVES[kind].items():
       value = remaining.pop(f'{tf_path}/{tf_leaf}', None)
       if value is None:
-        missing.append(f'{detect.MODEL_PREFIX}{tf_path}/{tf_leaf}')
+        missing.append(f'{MODEL_PREFIX}{tf_path}/{tf_leaf}')
         continue
       state[f'{torch_path}.{torch_leaf}'] = transform(torch.tensor(np.asarray(value))).contiguous()
     if kind.startswith('bn'):
@@ -171,7 +173,7 @@ def checkpoint_to_state_dict(tf_values: Mapping[str, np.ndarray],
     problems.append(_format_problems('missing checkpoint variables', missing))
   if remaining:
     problems.append(_format_problems('unexpected checkpoint variables',
-                                     [detect.MODEL_PREFIX + k for k in remaining]))
+                                     [MODEL_PREFIX + k for k in remaining]))
   if not problems:
     expected = model.state_dict()
     unfilled = expected.keys() - state.keys()
@@ -222,7 +224,7 @@ def to_torchvision_resnet_state_dict(state_dict: Mapping[str, torch.Tensor],
            'torchvision does not')
   blocks = tuple(len({k.split('.')[1] for k in state_dict if k.startswith(f'layer{g}.')})
                  for g in range(1, 5))
-  depths = [d for d in TORCHVISION_DEPTHS if detect.BLOCK_COUNTS[d] == blocks]
+  depths = [d for d in TORCHVISION_DEPTHS if BLOCK_COUNTS[d] == blocks]
   if not depths:
     refuse(f'blocks per group {blocks} match no torchvision bottleneck ResNet')
 

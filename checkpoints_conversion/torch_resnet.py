@@ -1,6 +1,6 @@
 """PyTorch mirror of the SimCLR TF2 model (ResNet v1.5 + SK/ResNet-D/SE + heads), inference-exact.
 
-Spec: model.md §2-§3 (architecture) and §9 (padding equivalences). Tensors are NCHW; inputs are RGB
+Architecture and padding equivalences: docs/architecture-notes.md. Tensors are NCHW; inputs are RGB
 in [0, 1] without mean/std normalisation. Every place where TF padding differs from PyTorch's
 symmetric `padding=` argument is implemented explicitly (see the helper functions below).
 
@@ -21,12 +21,11 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-from .detect import BLOCK_COUNTS, BOTTLENECK_MIN_DEPTH, SK_MIN_DIM
+from simclr_tf2.architecture import (BLOCK_COUNTS, BLOCK_GROUP_STRIDES, BN_EPSILON,
+                                     BOTTLENECK_MIN_DEPTH, CIFAR_MAX_IMAGE_SIZE, PROJ_HEAD_MODES,
+                                     SK_MIN_DIM)
 
-GROUP_STRIDES = (1, 2, 2, 2)
-BN_EPSILON = 1e-5
 BN_MOMENTUM = 0.1  # PyTorch convention: 1 - TF batch_norm_decay (0.9)
-PROJ_HEAD_MODES = ('none', 'linear', 'nonlinear')
 
 
 # --- TF padding semantics -------------------------------------------------------------------------
@@ -309,13 +308,13 @@ class SimCLRTorch(nn.Module):
     if resnet_depth not in BLOCK_COUNTS:
       raise ValueError(f'resnet_depth must be one of {sorted(BLOCK_COUNTS)}, got {resnet_depth}')
     if cifar_stem is None:
-      cifar_stem = image_size <= 32
+      cifar_stem = image_size <= CIFAR_MAX_IMAGE_SIZE
     self.ft_proj_selector = ft_proj_selector
     block_cls = BottleneckBlock if resnet_depth >= BOTTLENECK_MIN_DEPTH else ResidualBlock
 
     self.stem = Stem(width_multiplier, cifar_stem, deep=sk_ratio > 0)
     in_channels = 64 * width_multiplier
-    for g, (count, stride) in enumerate(zip(BLOCK_COUNTS[resnet_depth], GROUP_STRIDES)):
+    for g, (count, stride) in enumerate(zip(BLOCK_COUNTS[resnet_depth], BLOCK_GROUP_STRIDES)):
       filters = 64 * width_multiplier * 2 ** g
       blocks = []
       for b in range(count):

@@ -1,10 +1,11 @@
-"""SimCLR image augmentations as pure TensorFlow ops (spec data.md §3-5, K23, K24, K35).
+"""SimCLR image augmentations as pure TensorFlow ops (K23, K24, K35).
 
 Every random op is *stateless*: it takes a `seed` (int tensor of shape [2]) split from the one seed
 given to `preprocess_image`. The distributions and the order of operations are those of the
 reference (which used unseeded stateful ops); a fixed seed makes an augmentation reproducible and
 independent of tf.data parallelism. `seed=None` draws a fresh seed, i.e. reference behaviour.
 The Gaussian blur is not here: it runs inside the model (blur.py).
+Kn: defect numbers of the official code, listed in docs/differences.md.
 """
 
 import functools
@@ -13,7 +14,7 @@ import tensorflow as tf
 
 from simclr_tf2.config import MAX_COLOR_JITTER_STRENGTH
 
-CROP_PROPORTION = 0.875  # eval centre crop (data.md §5)
+CROP_PROPORTION = 0.875  # eval centre crop: 87.5 % of the limiting side, then resize
 CROP_AREA_RANGE = (0.08, 1.0)
 CROP_MIN_OBJECT_COVERED = 0.1  # with the full image as the only box, also a 10 % area floor
 CROP_MAX_ATTEMPTS = 100

@@ -1,4 +1,7 @@
-"""Random Gaussian blur applied inside the model during pretraining (spec data.md §6, K36)."""
+"""Random Gaussian blur applied inside the model during pretraining (K36).
+
+Kn: defect numbers of the official code, listed in docs/differences.md.
+"""
 
 import tensorflow as tf
 

@@ -1,7 +1,9 @@
 """Checkpoint paths, key listing, and strict restores with one-line errors (K14, K15, K27).
 
-Keys are paths through the object graph (spec model.md §6): this module computes the keys a model
-*would* have, compares them with a file before restoring, and refuses partial restores.
+Keys are paths through the object graph (docs/architecture-notes.md, "Checkpoint keys"): this
+module computes the keys a model *would* have, compares them with a file before restoring, and
+refuses partial restores.
+Kn: defect numbers of the official code, listed in docs/differences.md.
 """
 
 import collections
@@ -13,8 +15,8 @@ from typing import Dict, List, Optional, Tuple
 
 import tensorflow as tf
 
-VALUE_SUFFIX = '/.ATTRIBUTES/VARIABLE_VALUE'
-SLOT_MARKER = '/.OPTIMIZER_SLOT/'
+from simclr_tf2.architecture import MODEL_PREFIX, SLOT_MARKER, VALUE_SUFFIX
+
 SUPERVISED_HEAD_KEY = 'model/supervised_head/'
 ARCHITECTURE_FLAGS = ('resnet_depth', 'width_multiplier', 'sk_ratio', 'se_ratio', 'image_size',
                       'proj_head_mode', 'num_proj_layers', 'proj_out_dim')
@@ -101,7 +103,7 @@ def object_keys(skip_child=None, **roots) -> Dict[str, tf.Variable]:
     if isinstance(obj, tf.Variable):
       keys[path + VALUE_SUFFIX] = obj
       continue
-    children = obj._trackable_children(save_type='checkpoint')  # pylint: disable=protected-access
+    children = tf.train.TrackableView.children(obj)  # what a checkpoint saves
     queue.extend((f'{path}/{name}', child) for name, child in children.items()
                  if not (skip_child and skip_child(name, child)))
   return keys
@@ -133,7 +135,7 @@ def _model_shapes(model):
 
 
 def _file_model_shapes(file_shapes):
-  return {k: s for k, s in file_shapes.items() if k.startswith('model/') and SLOT_MARKER not in k}
+  return {k: s for k, s in file_shapes.items() if k.startswith(MODEL_PREFIX) and SLOT_MARKER not in k}
 
 
 def compare_model(model, file_shapes: Dict[str, List[int]], skip_prefix: Optional[str] = None

@@ -2,8 +2,8 @@
 
 Field names, types and defaults are the official absl flags of google-research/simclr `tf2/run.py`
 (48 of them, marked ``official=True`` in the field metadata) plus a few additions that fix
-documented defects (``known_issues.md`` K-numbers in their help text). ``run.py`` defines its absl
-flags *from* this class, so each default exists exactly once. Nothing here imports TensorFlow.
+documented defects (K-numbers of docs/differences.md in their help text). ``run.py`` defines its
+absl flags *from* this class, so each default exists exactly once. Nothing here imports TensorFlow.
 """
 
 import dataclasses
@@ -11,7 +11,8 @@ import json
 import math
 from typing import Any, Dict, Optional
 
-RESNET_DEPTHS = (18, 34, 50, 101, 152, 200)
+from simclr_tf2.architecture import CIFAR_MAX_IMAGE_SIZE, PROJ_HEAD_MODES, RESNET_DEPTHS
+
 PRECISIONS = ('float32', 'mixed_bfloat16', 'mixed_float16')
 MAX_COLOR_JITTER_STRENGTH = 1.25  # beyond it contrast/saturation lower bounds go negative (K24)
 
@@ -77,7 +78,7 @@ class Config:
   temperature: float = _flag(0.1, 'Temperature of the NT-Xent contrastive loss.')
   hidden_norm: bool = _flag(True, 'L2-normalise projection outputs before the contrastive loss.')
   proj_head_mode: str = _flag('nonlinear', 'Type of projection head.',
-                              choices=('none', 'linear', 'nonlinear'))
+                              choices=PROJ_HEAD_MODES)
   proj_out_dim: int = _flag(128, 'Output width of the projection head.')
   num_proj_layers: int = _flag(3, 'Number of layers of the nonlinear projection head.')
   ft_proj_selector: int = _flag(
@@ -212,14 +213,14 @@ class Config:
             '--lineareval_while_pretraining=false')
     return self
 
-  # --- derived quantities (flags.md §3) ---------------------------------------------------------
+  # --- derived quantities (as the official code computes them) -----------------------------------
   def num_projection_outputs(self) -> int:
     """Length of the projection head's [input, layer outputs...] list."""
     return {'none': 1, 'linear': 2}.get(self.proj_head_mode, self.num_proj_layers + 1)
 
   @property
   def cifar_stem(self) -> bool:
-    return self.image_size <= 32
+    return self.image_size <= CIFAR_MAX_IMAGE_SIZE
 
   def peak_learning_rate(self) -> float:
     if self.learning_rate_scaling == 'linear':

@@ -1,4 +1,4 @@
-"""Dataset sources and the distributed tf.data input pipeline (spec data.md §1-2, K35).
+"""Dataset sources and the distributed tf.data input pipeline (K35: docs/differences.md).
 
 A *source* yields decoded examples `(image uint8 [H, W, 3], label int64)` of one split:
 
@@ -277,7 +277,7 @@ def _element_seeds(base_seed, input_context):
 
 def build_input_fn(source, global_batch_size, is_training, *, split, train_mode, image_size,
                    color_jitter_strength, cache_dataset, seed=None):
-  """Returns `input_fn(input_context)` building one input pipeline (data.md §2).
+  """Returns `input_fn(input_context)` building one input pipeline.
 
   Training repeats forever and drops the remainder; evaluation reads the split once and keeps the
   last partial batch. `seed` (int) makes shuffling and augmentation reproducible (K35); None is

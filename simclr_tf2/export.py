@@ -1,4 +1,5 @@
-"""SavedModel export of a SimCLR model and reading variables back from SavedModels (model.md §8).
+"""SavedModel export of a SimCLR model and reading variables back from SavedModels
+(docs/architecture-notes.md, "SavedModel layout"; Kn: docs/differences.md).
 
 Layout of an export (same as the reference, so existing consumers keep working):
   root.model                      the Keras model

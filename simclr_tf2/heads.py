@@ -1,4 +1,8 @@
-"""Projection head and supervised head (spec model.md §3), with the reference's object graph."""
+"""Projection head and supervised head, with the reference's object graph.
+
+Structure: docs/architecture-notes.md, "Heads".
+Kn: defect numbers of the official code, listed in docs/differences.md.
+"""
 
 import tensorflow as tf
 import tf_keras as keras

@@ -1,9 +1,10 @@
-"""LARS optimizer and the optimizer factory (spec optim_loss.md §1, §4).
+"""LARS optimizer and the optimizer factory (`--optimizer` = lars, momentum or adam).
 
 LARS is implemented here because tensorflow-addons (its usual home) is end-of-life. It subclasses
 the *legacy* Keras optimizer like the reference, so checkpoints keep the reference layout: one
 `Momentum` slot per variable and no optimizer-level variable besides `iterations` (the learning
 rate is a schedule; a float learning rate adds `learning_rate`, as in every legacy optimizer).
+Kn: defect numbers of the official code, listed in docs/differences.md.
 """
 
 import re

@@ -1,4 +1,7 @@
-"""Training and evaluation metrics with the reference's names and order (spec optim_loss.md §7).
+"""Training and evaluation metrics with the reference's names and order.
+
+The names and their order are those of the official summaries and result.json, so existing
+TensorBoard dashboards and scripts keep working.
 
 Create the collections under `strategy.scope()` and update them in replica context; Keras
 metrics are sync-on-read, so `result()` aggregates over replicas.

@@ -1,4 +1,6 @@
-"""The SimCLR model: blur, ResNet encoder, projection head, supervised head (spec model.md §1).
+"""The SimCLR model: blur, ResNet encoder, projection head, supervised head.
+
+Kn: defect numbers of the official code, listed in docs/differences.md.
 
 Python API (no absl needed)::
 
@@ -22,9 +24,6 @@ from simclr_tf2.resnet import NormSettings, Resnet
 ENDPOINT_NAMES = ('initial_conv', 'initial_max_pool', 'block_group1', 'block_group2',
                   'block_group3', 'block_group4', 'final_avg_pool', 'logits_sup',
                   'proj_head_input', 'proj_head_output')
-# SyncBatchNormalization is not a subclass of BatchNormalization in tf_keras.
-BATCH_NORM_CLASSES = (keras.layers.BatchNormalization,
-                      keras.layers.experimental.SyncBatchNormalization)
 
 
 def unused_projection_layers(config: Config):
@@ -147,18 +146,3 @@ def compute_precision(precision: str):
     yield
   finally:
     keras.mixed_precision.set_global_policy(previous)
-
-
-def decay_excluded_variables(model: SimCLRModel):
-  """Variables excluded from weight decay / LARS adaptation, decided by structure (K18):
-  batch-norm variables, biases, and the supervised head. Must equal the reference's name rule
-  (lars.EXCLUDE_FROM_WEIGHT_DECAY), which this port keeps for LARS because names match exactly."""
-  excluded = {}
-  for layer in model._flatten_layers(include_self=False):  # pylint: disable=protected-access
-    if isinstance(layer, BATCH_NORM_CLASSES):
-      excluded.update({v.ref(): v for v in layer.variables})
-    elif getattr(layer, 'bias', None) is not None and isinstance(layer.bias, tf.Variable):
-      excluded[layer.bias.ref()] = layer.bias
-  if model.has_supervised_head:
-    excluded.update({v.ref(): v for v in model.supervised_head.variables})
-  return list(excluded.values())

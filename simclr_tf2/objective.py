@@ -1,10 +1,13 @@
-"""Training objectives (optim_loss.md §3, §5, §6): NT-Xent, supervised CE, L2 weight decay."""
+"""Training objectives: NT-Xent, supervised cross-entropy, L2 weight decay.
+
+Kn: defect numbers of the official code, listed in docs/differences.md.
+"""
 
 import tensorflow as tf
 
 LARGE_NUM = 1e9  # subtracted from an anchor's similarity with itself (masked, not removed)
 
-# Substrings of Variable.name that the name-based decay rules test (known_issues K18, K19).
+# Substrings of Variable.name that the name-based decay rules test (K18, K19).
 BATCH_NORM_NAME = 'batch_normalization'
 BIAS_NAME = 'bias'
 SUPERVISED_HEAD_NAME = 'head_supervised'
@@ -28,10 +31,10 @@ def cross_replica_concat(tensor):
   return tf.reshape(stacked, tf.concat([[-1], tf.shape(tensor)[1:]], axis=0))
 
 
-def contrastive_loss(hidden, hidden_norm=True, temperature=1.0, strategy=None):
+def contrastive_loss(hidden, hidden_norm=True, temperature=1.0):
   """NT-Xent loss of `hidden` = [2n, d] (view 1 rows, then view 2 rows of the same images).
 
-  With a `strategy` (call inside `strategy.run`), negatives come from the global batch and the
+  Inside `strategy.run` with several replicas, negatives come from the global batch and the
   positives' columns are offset by replica id. Returns (loss averaged over the n local anchors,
   logits_ab [n, N], labels [n, 2N]) where N is the global number of images.
   """
@@ -41,7 +44,7 @@ def contrastive_loss(hidden, hidden_norm=True, temperature=1.0, strategy=None):
   local_size = tf.shape(hidden1)[0]
 
   context = tf.distribute.get_replica_context()
-  if strategy is not None and context is not None and context.num_replicas_in_sync > 1:
+  if context is not None and context.num_replicas_in_sync > 1:
     hidden1_large = cross_replica_concat(hidden1)
     hidden2_large = cross_replica_concat(hidden2)
     replica_id = tf.cast(context.replica_id_in_sync_group, tf.int32)

@@ -1,9 +1,10 @@
 """ResNet v1.5 encoder with Selective-Kernel, ResNet-D and Squeeze-Excitation variants.
 
 The object graph (attribute names, list positions, construction order) reproduces the official
-`tf2/resnet.py` exactly, because checkpoint keys are paths through it (spec model.md §2, §6) and
-Keras variable names come from construction order (model.md §5). Elements without variables
+`tf2/resnet.py` exactly, because checkpoint keys are paths through it and Keras variable names come
+from construction order (docs/architecture-notes.md describes both). Elements without variables
 (identity, pooling, padding, DropBlock) are kept in their lists so indices stay the same.
+Kn: defect numbers of the official code, listed in docs/differences.md.
 """
 
 from typing import NamedTuple, Optional
@@ -11,13 +12,8 @@ from typing import NamedTuple, Optional
 import tensorflow as tf
 import tf_keras as keras
 
-BLOCK_COUNTS = {
-    18: (2, 2, 2, 2), 34: (3, 4, 6, 3), 50: (3, 4, 6, 3),
-    101: (3, 4, 23, 3), 152: (3, 8, 36, 3), 200: (3, 24, 36, 3),
-}
-BLOCK_GROUP_STRIDES = (1, 2, 2, 2)
-BN_EPSILON = 1e-5
-SK_MIN_DIM = 32
+from simclr_tf2.architecture import (BLOCK_COUNTS, BLOCK_GROUP_STRIDES, BN_EPSILON,
+                                     BOTTLENECK_MIN_DEPTH, SK_MIN_DIM)
 
 
 class NormSettings(NamedTuple):
@@ -244,7 +240,10 @@ class BlockGroup(keras.layers.Layer):
 
 
 def _stem(width, cifar_stem, sk_ratio, norm, trainable):
-  """The `initial_conv_relu_max_pool` list (model.md §2.2, stems A/B/C)."""
+  """The `initial_conv_relu_max_pool` list: CIFAR, ImageNet or ResNet-D stem.
+
+  Contents: docs/architecture-notes.md, "Stems".
+  """
   def frozen(layer_class, *args, **kwargs):
     return layer_class(*args, trainable=trainable, **kwargs)
 
@@ -272,8 +271,9 @@ def _stem(width, cifar_stem, sk_ratio, norm, trainable):
 class Resnet(keras.layers.Layer):
   """The encoder: stem, four block groups, global average pool -> [N, 512w or 2048w].
 
-  `fine_tune_after_block` (finetune only, model.md §4): parts up to that block are frozen
-  (not in `trainable_variables`) and a stop_gradient is placed after them.
+  `fine_tune_after_block` (finetune only): parts up to that block are frozen (not in
+  `trainable_variables`) and a stop_gradient is placed after them; table in
+  docs/architecture-notes.md, "Freezing".
   """
 
   def __init__(self, resnet_depth=50, width_multiplier=1, cifar_stem=False, sk_ratio=0.,
@@ -289,8 +289,7 @@ class Resnet(keras.layers.Layer):
     self._stem_frozen = ftab != -1
     # Group g (1-based) trains iff -1 <= ftab < g; out-of-range values freeze the whole encoder.
     self._group_frozen = [not -1 <= ftab < g for g in range(1, 5)]
-    self.num_output_channels = (512 if resnet_depth < 50 else 2048) * width_multiplier
-    block_class = ResidualBlock if resnet_depth < 50 else BottleneckBlock
+    block_class = BottleneckBlock if resnet_depth >= BOTTLENECK_MIN_DEPTH else ResidualBlock
     self.initial_conv_relu_max_pool = _stem(width_multiplier, cifar_stem, sk_ratio, norm,
                                             trainable=not self._stem_frozen)
     self.block_groups = []

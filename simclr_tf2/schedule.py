@@ -1,4 +1,7 @@
-"""Learning-rate schedule: linear warm-up then cosine decay to 0 (spec optim_loss.md §2)."""
+"""Learning-rate schedule: linear warm-up then cosine decay to 0, as the official code.
+
+Kn: defect numbers of the official code, listed in docs/differences.md.
+"""
 
 import math
 

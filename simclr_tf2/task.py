@@ -103,8 +103,7 @@ class SimCLRTask:
       if projection is not None:
         projection = tf.cast(projection, tf.float32)  # the loss is float32 at any precision
         con_loss, logits_con, labels_con = contrastive_loss(
-            projection, hidden_norm=config.hidden_norm, temperature=config.temperature,
-            strategy=self.strategy)
+            projection, hidden_norm=config.hidden_norm, temperature=config.temperature)
         loss += con_loss
         metrics.update_contrastive(con_loss, logits_con, labels_con)
       if logits is not None:

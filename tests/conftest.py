@@ -15,15 +15,13 @@ _cpus = tf.config.list_physical_devices('CPU')
 tf.config.set_logical_device_configuration(
     _cpus[0], [tf.config.LogicalDeviceConfiguration()] * 2)
 
-GOLDEN_DIR = pathlib.Path(os.environ.get(
-    'SIMCLR_GOLDEN_DIR', pathlib.Path(__file__).resolve().parents[1].parent / 'shared/spec/golden'))
+# Reference data of the official implementation (see its README.md).
+GOLDEN_DIR = pathlib.Path(__file__).resolve().parent / 'data' / 'golden'
 TWO_CPUS = ['/cpu:0', '/cpu:1']
 
 
 @pytest.fixture(scope='session')
 def golden_dir():
-  if not GOLDEN_DIR.is_dir():
-    pytest.fail(f'golden data not found at {GOLDEN_DIR}; set SIMCLR_GOLDEN_DIR')
   return GOLDEN_DIR
 
 

@@ -1,14 +1,18 @@
-"""Readers for the spec's machine-made golden files and the flags each was generated with."""
+"""Readers for the official implementation's reference data (tests/data/golden/) and its flags.
+
+Kn: defect numbers of the official code, listed in docs/differences.md.
+"""
 
 import ast
 import pathlib
 
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from conftest import GOLDEN_DIR
 
-# Flags of each golden configuration (golden/README.md); 10 classes everywhere.
+# Flags of each golden configuration (tests/data/golden/README.md); 10 classes everywhere.
 GOLDEN_CONFIGS = {
     'r18_cifar_pretrain_lars': dict(resnet_depth=18, image_size=32),
     'r18_sk_se_cifar_pretrain_lars': dict(resnet_depth=18, image_size=32, sk_ratio=0.0625,
@@ -25,6 +29,11 @@ GOLDEN_CONFIGS = {
 # variables train, so golden lists are compared in reference-parity mode).
 REFERENCE_PARITY = dict(freeze_unused_proj_head=False, freeze_bn_stats_when_frozen=False)
 NUM_CLASSES = 10
+
+
+def cases(names, fast):
+  """pytest parameters for `names`: those not in `fast` are marked slow."""
+  return [name if name in fast else pytest.param(name, marks=pytest.mark.slow) for name in names]
 
 
 def _lines(path: pathlib.Path):

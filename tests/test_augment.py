@@ -1,4 +1,7 @@
-"""Augmentations (spec data.md §3-5, K23, K24): shapes, ranges, crop geometry, colour semantics."""
+"""Augmentations (K23, K24): shapes, ranges, crop geometry, colour semantics.
+
+Kn: defect numbers of the official code, listed in docs/differences.md.
+"""
 
 import numpy as np
 import pytest

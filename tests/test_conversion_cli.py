@@ -1,5 +1,8 @@
 """The conversion CLIs: PyTorch weights that reproduce the TF endpoints, architecture detection,
-SavedModel export from a checkpoint, and one-line errors that write nothing (model.md §8-§9)."""
+SavedModel export from a checkpoint, and one-line errors that write nothing.
+
+Conversion rules: docs/architecture-notes.md, "PyTorch conversion".
+"""
 
 import ast
 import os
@@ -13,7 +16,7 @@ from checkpoints_conversion import convert_to_pytorch  # noqa: E402
 from checkpoints_conversion import export_saved_model as export_cli  # noqa: E402
 from checkpoints_conversion.tf_to_torch import checkpoint_to_state_dict  # noqa: E402
 from checkpoints_conversion.torch_resnet import SimCLRTorch  # noqa: E402
-from golden_data import GOLDEN_CONFIGS, NUM_CLASSES, REFERENCE_PARITY  # noqa: E402
+from golden_data import GOLDEN_CONFIGS, NUM_CLASSES, REFERENCE_PARITY, cases  # noqa: E402
 from simclr_tf2.export import loaded_model_variables  # noqa: E402
 from simclr_tf2.model import build_model  # noqa: E402
 from test_export import (EXPORTED_CASES, TF_TOLERANCE, assert_endpoints_close,  # noqa: E402
@@ -75,7 +78,7 @@ def assert_torch_matches_tf(model, state_dict, flags):
   torch_model = SimCLRTorch(**expected_architecture(flags))
   torch_model.load_state_dict(state_dict)  # strict: same keys and shapes
   size = flags['image_size']
-  for height in (size, size + 1):  # odd sizes change TF SAME padding (model.md §9)
+  for height in (size, size + 1):  # odd sizes change TF SAME padding
     x = images(height)
     expected = model.call_with_endpoints(x, training=False)
     with torch.no_grad():
@@ -85,7 +88,8 @@ def assert_torch_matches_tf(model, state_dict, flags):
     assert_endpoints_close(actual, expected, TORCH_TOLERANCE)
 
 
-@pytest.mark.parametrize('name', sorted(CONVERSION_FLAGS))
+# Fast subset: ResNet-18; test_tf_to_torch checks every variant's numerics against TF ops.
+@pytest.mark.parametrize('name', cases(sorted(CONVERSION_FLAGS), fast={'r18_cifar_pretrain_lars'}))
 def test_checkpoint_conversion_reproduces_tf_endpoints(name, tmp_path, capsys):
   model = _tf_model(name)
   _write_checkpoint(model, tmp_path / 'ckpt')
@@ -97,7 +101,7 @@ def test_checkpoint_conversion_reproduces_tf_endpoints(name, tmp_path, capsys):
   assert_torch_matches_tf(model, _load_output(output), CONVERSION_FLAGS[name])
 
 
-@pytest.mark.parametrize('name', EXPORTED_CASES)
+@pytest.mark.parametrize('name', cases(EXPORTED_CASES, fast={'r18_cifar_pretrain_lars'}))
 def test_saved_model_conversion_reproduces_tf_endpoints(name, tmp_path, capsys):
   model, export_dir = exported_case(name)
   if GOLDEN_CONFIGS[name]['resnet_depth'] == 18:  # each CLI run reloads the SavedModel (2-6 s)
@@ -111,7 +115,8 @@ def test_saved_model_conversion_reproduces_tf_endpoints(name, tmp_path, capsys):
   assert_torch_matches_tf(model, state_dict, GOLDEN_CONFIGS[name])
 
 
-@pytest.mark.parametrize('name', sorted(GOLDEN_CONFIGS))
+@pytest.mark.parametrize('name', cases(sorted(GOLDEN_CONFIGS), fast={
+    name for name in GOLDEN_CONFIGS if GOLDEN_CONFIGS[name]['resnet_depth'] == 18}))
 def test_cli_detects_architecture_of_golden_configurations(name, tmp_path, capsys):
   _write_checkpoint(_tf_model(name), tmp_path)
   output = str(tmp_path / 'weights.safetensors')

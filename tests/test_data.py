@@ -1,4 +1,4 @@
-"""Dataset sources and the input pipeline (spec data.md §1-2, §7)."""
+"""Dataset sources and the input pipeline."""
 
 import io
 import logging

@@ -19,7 +19,7 @@ def read_golden(golden_dir, name):
 BASE = dict(width_multiplier=1, proj_head_mode='nonlinear', num_proj_layers=3, proj_out_dim=128,
             ft_proj_selector=0, num_classes=10)
 R18_CIFAR = dict(BASE, resnet_depth=18, sk_ratio=0., se_ratio=0., cifar_stem=True, image_size=32)
-# Flags from golden/README.md (10-class dataset, image sizes 32 / 64).
+# Flags from tests/data/golden/README.md (10-class dataset, image sizes 32 / 64).
 GOLDEN_ARCHS = {
     'r18_cifar_pretrain_lars': R18_CIFAR,
     'r18_sk_se_cifar_pretrain_lars': dict(R18_CIFAR, sk_ratio=0.0625, se_ratio=0.25),

@@ -1,4 +1,7 @@
-"""SavedModel export (model.md §8; K10-K13, K25, K32): outputs, signature, gradients, variables."""
+"""SavedModel export (K10-K13, K25, K32): outputs, signature, gradients, variables.
+
+Layout: docs/architecture-notes.md, "SavedModel layout". Kn: docs/differences.md.
+"""
 
 import atexit
 import functools
@@ -10,9 +13,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from golden_data import GOLDEN_CONFIGS, NUM_CLASSES, REFERENCE_PARITY, read_keys
+from golden_data import GOLDEN_CONFIGS, NUM_CLASSES, REFERENCE_PARITY, cases, read_keys
 from simclr_tf2 import export
-from simclr_tf2.checkpoint import SLOT_MARKER, object_keys
+from simclr_tf2.architecture import SLOT_MARKER
+from simclr_tf2.checkpoint import object_keys
 from simclr_tf2.model import ENDPOINT_NAMES, build_model
 
 # Pretraining configurations (with linear-eval head) exported once per session; shared with
@@ -81,7 +85,8 @@ def _size(name):
   return GOLDEN_CONFIGS[name]['image_size']
 
 
-@pytest.mark.parametrize('name', EXPORTED_CASES)
+# Fast subset: ResNet-18 (each export of a ResNet-50 costs tens of seconds on a CPU).
+@pytest.mark.parametrize('name', cases(EXPORTED_CASES, fast={'r18_cifar_pretrain_lars'}))
 def test_loaded_call_and_serving_signature_equal_keras_model(name):
   model, _ = exported_case(name)
   loaded = loaded_case(name)
@@ -93,7 +98,7 @@ def test_loaded_call_and_serving_signature_equal_keras_model(name):
   assert_endpoints_close(serving(images=x), expected, TF_TOLERANCE)
 
 
-@pytest.mark.parametrize('name', EXPORTED_CASES)
+@pytest.mark.parametrize('name', cases(EXPORTED_CASES, fast={'r18_cifar_pretrain_lars'}))
 def test_saved_model_variables_have_training_checkpoint_keys(name):
   model, export_dir = exported_case(name)
   values = export.loaded_model_variables(loaded_case(name))

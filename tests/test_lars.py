@@ -26,7 +26,7 @@ def _flags(case):
 
 
 def _numpy_lars_step(w, g, v, lr, momentum, weight_decay, eeta, classic, nesterov, excluded):
-  """One LARS update in float64, written from optim_loss.md §4. Returns (w_new, v_new)."""
+  """One LARS update in float64 (trust ratio eeta*|w|/|direction|). Returns (w_new, v_new)."""
   def trust(direction):
     w_norm, d_norm = np.linalg.norm(w), np.linalg.norm(direction)
     return eeta * w_norm / d_norm if not excluded and w_norm > 0 and d_norm > 0 else 1.

@@ -19,7 +19,8 @@ def _hidden(ntxent):
 
 
 def _numpy_ntxent_replicas(hidden, temperature, num_replicas):
-  """Per-replica NT-Xent losses (float64), written from optim_loss.md §5."""
+  """Per-replica NT-Xent losses (float64): each replica's rows against all rows of both views of
+  every replica; an anchor's similarity with itself is masked out with -1e9."""
   h = hidden.astype(np.float64)
   h = h / np.sqrt(np.maximum((h ** 2).sum(1, keepdims=True), 1e-12))
   big_n = len(h) // 2
@@ -107,7 +108,7 @@ def test_ntxent_two_replicas(ntxent, two_replica_strategy):
     def replica_fn(h):
       with tf.GradientTape() as tape:
         tape.watch(h)
-        loss, logits_ab, labels = objective.contrastive_loss(h, True, temperature, strategy)
+        loss, logits_ab, labels = objective.contrastive_loss(h, True, temperature)
         scaled = loss / num_replicas  # as in training: gradients are summed over replicas
       return loss, logits_ab, labels, tape.gradient(scaled, h)
     return strategy.run(replica_fn, args=(local_hidden,))

@@ -1,4 +1,7 @@
-"""Warm-up + cosine schedule vs golden lr_schedule_vectors.json and a NumPy closed form."""
+"""Warm-up + cosine schedule vs golden lr_schedule_vectors.json and a NumPy closed form.
+
+Kn: defect numbers of the official code, listed in docs/differences.md.
+"""
 
 import json
 import math

@@ -1,5 +1,8 @@
 """Strategy choice: TPU with a clear error when none is reachable (K31), multi-worker from
-TF_CONFIG, MirroredStrategy otherwise."""
+TF_CONFIG, MirroredStrategy otherwise.
+
+Kn: defect numbers of the official code, listed in docs/differences.md.
+"""
 
 import json
 

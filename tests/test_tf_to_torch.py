@@ -1,7 +1,8 @@
 """TF checkpoint values -> PyTorch: golden key lists, strictness, numerical parity, torchvision, I/O.
 
-The numerical reference below is an independent TF implementation of model.md §2-§3 written with
-raw TF ops (TF's own SAME/VALID padding), reading the checkpoint-key dict directly.
+The numerical reference below is an independent TF implementation of the architecture
+(docs/architecture-notes.md) written with raw TF ops (TF's own SAME/VALID padding), reading the
+checkpoint-key dict directly.
 """
 
 import os
@@ -87,8 +88,9 @@ def test_golden_converts_and_loads_strictly(golden, converted, name):
   model = SimCLRTorch(**detect.detect_architecture(shapes))
   model.load_state_dict(state, strict=True)
 
-  # Every TF variable, transformed by the §9 rule, is found among the model's tensors, and the
-  # only other entries are num_batches_tracked (0) and the zero bias of gamma-only BNs.
+  # Every TF variable, transformed by the conversion rule (transpose/permute), is found among the
+  # model's tensors, and the only other entries are num_batches_tracked (0) and the zero bias of
+  # gamma-only BNs.
   torch_values = {k: v.numpy() for k, v in model.state_dict().items()}
   fingerprints = {v.tobytes(): k for k, v in torch_values.items()}
   used = set()
@@ -109,7 +111,7 @@ def test_golden_converts_and_loads_strictly(golden, converted, name):
   assert all(not torch_values[k].any() for k in zero_biases)
 
 
-# Hand-written correspondences from model.md §6 templates (index shifts of ResNet-D, SK, SE).
+# Hand-written correspondences from the official key layout (index shifts of ResNet-D, SK, SE).
 NAMING = {
     'r18_sk_se_cifar_pretrain_lars': {
         'resnet_model/initial_conv_relu_max_pool/2/bn/gamma': 'stem.bn1.weight',
@@ -215,7 +217,7 @@ def test_wrong_architecture_raises(golden):
 # --- numerical parity with TF ops ------------------------------------------------------------------
 
 class TFReference:
-  """model.md §2-§3 forward pass in inference mode with raw TF ops, reading checkpoint keys."""
+  """The official forward pass in inference mode with raw TF ops, reading checkpoint keys."""
 
   def __init__(self, values, arch):
     self.v = model_vars(values)
