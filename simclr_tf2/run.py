@@ -55,9 +55,10 @@ def main(argv):
 
 
 def run_main():
-  """Console-script entry point (`simclr-tf2`)."""
+  """Console-script entry point (`simclr-tf2`); `--flagfile` takes a path or a recipe name."""
+  from simclr_tf2 import recipes  # pylint: disable=import-outside-toplevel
   logging.set_verbosity(logging.INFO)
-  app.run(main)
+  app.run(main, flags_parser=recipes.flags_parser(FLAGS))
 
 
 if __name__ == '__main__':
