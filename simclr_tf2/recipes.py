@@ -15,6 +15,8 @@ from typing import List, Optional, Sequence
 
 from absl import flags
 
+from simclr_tf2.errors import SimCLRError, one_line
+
 SUFFIX = '.cfg'
 # A wheel installs flags/ here (setup.py); a source checkout or an editable install has only the
 # top-level folder, so the recipes exist in one copy.
@@ -23,7 +25,7 @@ _CHECKOUT_DIR = pathlib.Path(__file__).resolve().parents[1] / 'flags'
 _DIRECTIVES = ('--flagfile', '-flagfile')
 
 
-class RecipeError(ValueError):
+class RecipeError(SimCLRError, ValueError):
   """A flagfile that cannot be found or read, or that includes itself (one-line message)."""
 
 
@@ -118,6 +120,6 @@ def flags_parser(flag_values: flags.FlagValues):
     try:
       return flag_values(expand_flagfiles(argv))
     except (RecipeError, flags.Error) as error:
-      sys.exit(f'error: {" ".join(str(error).split())}')
+      sys.exit(f'error: {one_line(error)}')
 
   return parse

@@ -1,0 +1,119 @@
+"""The SimCLR task: what is trained, independent of how the loop around it runs.
+
+`SimCLRTask` owns the model, the optimizer and its learning-rate schedule, the losses and the
+metrics, and defines one training step and one evaluation step *per replica*. `train.Trainer`
+drives it; a user's own loop can drive it the same way:
+
+    task = SimCLRTask(config, num_classes=10, strategy=strategy)
+    task.build_optimizer(num_train_examples)
+
+    @tf.function
+    def train_one_step(iterator):
+      strategy.run(task.train_step, next(iterator))
+"""
+
+from typing import Optional
+
+import tensorflow as tf
+
+from simclr_tf2.config import Config
+from simclr_tf2.lars import build_optimizer
+from simclr_tf2.metrics import EvalMetrics, TrainMetrics
+from simclr_tf2.model import SimCLRModel, build_model
+from simclr_tf2.objective import contrastive_loss, supervised_loss, weight_decay_loss
+from simclr_tf2.schedule import WarmUpAndCosineDecay
+
+
+class SimCLRTask:
+  """Model, optimizer, losses and metrics of one Config, built under `strategy`.
+
+  `strategy` defaults to the current one (`tf.distribute.get_strategy()`). Variables are
+  created at construction, so a checkpoint can be restored into `model` right away.
+  """
+
+  def __init__(self, config: Config, num_classes: Optional[int],
+               strategy: Optional[tf.distribute.Strategy] = None):
+    self.config = config.validate()
+    self.strategy = strategy or tf.distribute.get_strategy()
+    with self.strategy.scope():
+      self.model: SimCLRModel = build_model(num_classes, config)
+      self.model.create_variables()
+      self.eval_metrics = EvalMetrics() if self.model.has_supervised_head else None
+    self.optimizer = None
+    self.schedule = None
+    self.train_metrics = None
+
+  @property
+  def can_evaluate(self) -> bool:
+    """Evaluation scores the supervised (linear-eval or fine-tuned) head."""
+    return self.model.has_supervised_head
+
+  def build_optimizer(self, num_train_examples: int):
+    """Creates the schedule, the optimizer and the training metrics; returns the optimizer."""
+    config = self.config
+    with self.strategy.scope():
+      self.schedule = WarmUpAndCosineDecay.from_config(config, num_train_examples)
+      self.optimizer = build_optimizer(config.optimizer, self.schedule, config.momentum,
+                                       config.weight_decay)
+      self.train_metrics = TrainMetrics(config.train_mode, config.lineareval_while_pretraining)
+      # Reading `iterations` creates the legacy optimizer's step counter here, in the strategy
+      # scope; created lazily inside a distributed step it would fail.
+      _ = self.optimizer.iterations
+    return self.optimizer
+
+  @property
+  def global_step(self) -> tf.Variable:
+    """The number of updates applied (the optimizer's step counter)."""
+    self._require_optimizer()
+    return self.optimizer.iterations
+
+  def checkpoint(self) -> tf.train.Checkpoint:
+    """The training state with the official object graph: model, global_step, optimizer."""
+    self._require_optimizer()
+    return tf.train.Checkpoint(model=self.model, global_step=self.optimizer.iterations,
+                               optimizer=self.optimizer)
+
+  def train_step(self, images, labels):
+    """One update on this replica's batch: forward, losses, gradients, optimizer, metrics.
+
+    `images` is [b, s, s, 6] (two views) when pretraining, [b, s, s, 3] otherwise; `labels`
+    one-hot [b, num_classes]. Call inside `strategy.run`.
+    """
+    self._require_optimizer()
+    config, model, metrics = self.config, self.model, self.train_metrics
+    num_replicas = tf.distribute.get_replica_context().num_replicas_in_sync
+    with tf.GradientTape() as tape:
+      projection, logits = model(images, training=True)
+      loss = tf.constant(0.)
+      if projection is not None:
+        con_loss, logits_con, labels_con = contrastive_loss(
+            projection, hidden_norm=config.hidden_norm, temperature=config.temperature,
+            strategy=self.strategy)
+        loss += con_loss
+        metrics.update_contrastive(con_loss, logits_con, labels_con)
+      if logits is not None:
+        if config.train_mode == 'pretrain':  # the linear-eval head classifies both views
+          labels = tf.concat([labels, labels], 0)
+        sup_loss = supervised_loss(labels, logits)
+        loss += sup_loss
+        metrics.update_supervised(sup_loss, labels, logits)
+      decay = weight_decay_loss(model.trainable_variables, config.optimizer, config.weight_decay)
+      loss += decay
+      metrics.update_total(decay, loss)
+      loss /= num_replicas  # gradients are summed across replicas
+    gradients = tape.gradient(loss, model.trainable_variables)
+    self.optimizer.apply_gradients(zip(gradients, model.trainable_variables))
+
+  def eval_step(self, images, labels):
+    """Accumulates the supervised head's top-1/top-5 on this replica's batch into
+    `eval_metrics` (reset them between evaluations). Call inside `strategy.run`."""
+    if not self.can_evaluate:
+      raise ValueError('this model has no supervised head to evaluate: use '
+                       'train_mode=finetune or lineareval_while_pretraining=true')
+    _, logits = self.model(images, training=False)
+    self.eval_metrics.update(labels, logits, weight_decay_loss(
+        self.model.trainable_variables, self.config.optimizer, self.config.weight_decay))
+
+  def _require_optimizer(self):
+    if self.optimizer is None:
+      raise ValueError('call build_optimizer(num_train_examples) before training')
