@@ -1,7 +1,7 @@
 """Start-up time and throughput of an image folder: from listing the files to training batches.
 
     python bench/bench_image_folder.py [--num_images=100000] [--folder=DIR] [--batch=256]
-        [--batches=300] [--repeats=3]
+        [--batches=300] [--repeats=3] [--strict]
 
 Makes `num_images` random 32x32 images (half PNG, half JPEG, 10 class folders) under `--folder`
 once (timed; a later run with the same folder and count reuses them), then `repeats` times, each
@@ -52,9 +52,10 @@ def make_images(folder, num_images):
   return time.perf_counter() - start
 
 
-def measure(folder, batch, batches):
+def measure(folder, batch, batches, skip_corrupt_images):
   config = Config(dataset='image_folder', data_dir=folder, image_size=SIZE,
-                  train_batch_size=batch, use_tpu=False, seed=0)
+                  train_batch_size=batch, use_tpu=False, seed=0,
+                  skip_corrupt_images=skip_corrupt_images)
   strategy = tf.distribute.get_strategy()
   start = time.perf_counter()
   source = get_source(config.dataset, config.data_dir, config.skip_corrupt_images)
@@ -94,6 +95,8 @@ def main():
   parser.add_argument('--batch', type=int, default=256)
   parser.add_argument('--batches', type=int, default=300)
   parser.add_argument('--repeats', type=int, default=3)
+  parser.add_argument('--strict', action='store_true',
+                      help='skip_corrupt_images=False (each file checked on its own)')
   args = parser.parse_args()
   folder = args.folder or os.path.join(tempfile.gettempdir(),
                                        f'simclr_bench_image_folder_{args.num_images}')
@@ -102,10 +105,11 @@ def main():
         f'TensorFlow {tf.__version__}')
   print(f'{args.num_images} images of {SIZE}x{SIZE} (PNG/JPEG, {NUM_CLASSES} classes) in {folder}: '
         + (f'made in {generation:.1f} s' if generation is not None else 'reused'))
-  print(f'pretraining pipeline, batch {args.batch}, {args.batches} batches per repeat')
+  print(f'pretraining pipeline, batch {args.batch}, {args.batches} batches per repeat, '
+        f'skip_corrupt_images={not args.strict}')
   rows = []
   for repeat in range(args.repeats):
-    rows.append(measure(folder, args.batch, args.batches))
+    rows.append(measure(folder, args.batch, args.batches, not args.strict))
     listed, first_batch, pipeline, decode = rows[-1]
     print(f'  repeat {repeat + 1}: listing {listed:.2f} s, first batch after {first_batch:.2f} s, '
           f'training pipeline {pipeline:.0f} images/s, read+decode {decode:.0f} images/s')

@@ -15,6 +15,7 @@ views: [b, s, s, 6] (two views) for pretraining, [b, s, s, 3] otherwise, with on
 """
 
 import contextlib
+import functools
 import logging
 import os
 import random
@@ -173,12 +174,20 @@ def _decode(contents):
 
 
 def _read_image(path, label):
-  """A one-element dataset: (image, label, path, True), or (an empty image, label, path, False)
-  when the file cannot be read or decoded. Catching the error per file keeps the file known."""
-  decoded = tf.data.Dataset.from_tensors((path, label)).map(
-      lambda path, label: (_decode(tf.io.read_file(path)), label, path, True)).ignore_errors()
-  failed = tf.data.Dataset.from_tensors((tf.zeros([0, 0, 3], tf.uint8), label, path, False))
-  return decoded.concatenate(failed).take(1)
+  return _decode(tf.io.read_file(path)), label
+
+
+def _read_image_or_fail(name, path, label):
+  """A one-element dataset of the decoded image, or an assertion error naming the file. The
+  error is caught per file (a dataset of one element), so the file is known."""
+  def fail(path, label):
+    message = tf.strings.join([f'{name}: cannot decode image ', path,
+                               ' (skip_corrupt_images=false)'])
+    with tf.control_dependencies([tf.debugging.Assert(False, [message])]):
+      return tf.zeros([0, 0, 3], tf.uint8), tf.identity(label)
+
+  one = tf.data.Dataset.from_tensors((path, label))
+  return one.map(_read_image).ignore_errors().concatenate(one.map(fail)).take(1)
 
 
 class CorruptImageError(SimCLRError, ValueError):
@@ -216,7 +225,8 @@ class ImageFolderSource:
   `as_dataset` reads and decodes in parallel. JPEG, PNG, GIF (first frame) and BMP of any size
   are read; grayscale and RGBA become RGB. A file that cannot be read or decoded is skipped, with
   one warning per pass over the split giving the count, or, when `skip_corrupt_images` is False,
-  stops reading with an error naming it (see `corrupt_image_errors`).
+  stops reading with an error naming it (see `corrupt_image_errors`; this mode checks each file
+  on its own, which costs some throughput on tiny images).
   """
 
   def __init__(self, data_dir, labeled=True, skip_corrupt_images=True):
@@ -272,44 +282,38 @@ class ImageFolderSource:
   def as_dataset(self, split, shuffle_files, input_context=None, seed=None):
     paths, labels = self._split(split)
     dataset = _shard(tf.data.Dataset.from_tensor_slices((paths, labels)), input_context)
+    expected = dataset.cardinality()  # files of this input pipeline
     if shuffle_files:  # one file per example: shuffling the file list is a full shuffle
       dataset = dataset.shuffle(len(labels), seed=seed)
-    # Parallel reads; the order is deterministic unless the pipeline's options say otherwise.
-    dataset = dataset.interleave(_read_image, num_parallel_calls=tf.data.AUTOTUNE)
-    # An end marker (empty path) closes each pass: skipped files are counted once per pass, and
-    # a pass that read nothing fails instead of leaving an empty (endlessly repeated) dataset.
+    # Reads run in parallel; their order is deterministic unless the pipeline's options say not.
+    if not self.skip_corrupt_images:
+      return dataset.interleave(functools.partial(_read_image_or_fail, self.name),
+                                num_parallel_calls=tf.data.AUTOTUNE)
+    # Unreadable files are dropped; an end marker closes each pass, where the files it lacks are
+    # counted (one warning per pass), and a pass that read nothing fails rather than leaving an
+    # empty dataset to be repeated forever.
+    dataset = dataset.map(_read_image, num_parallel_calls=tf.data.AUTOTUNE).ignore_errors()
+    dataset = dataset.map(lambda image, label: (image, label, False))
     end = tf.data.Dataset.from_tensors((tf.zeros([0, 0, 3], tf.uint8), tf.constant(0, tf.int64),
-                                        tf.constant(''), False))
+                                        True))
     folder = os.path.join(self.data_dir, split)
 
-    def warn(skipped, seen, first):
-      logger.warning('%s: skipped %d unreadable image(s) of %d in %s, e.g. %s', self.name,
-                     int(skipped), int(seen), folder, first.numpy().decode())
+    def warn(skipped, total):
+      logger.warning('%s: skipped %d unreadable image(s) of %d in %s', self.name, int(skipped),
+                     int(total), folder)
       return False
 
-    def check(state, element):
-      seen, skipped, first = state
-      image, label, path, ok = element
-      at_end = tf.equal(path, '')
-      bad = tf.logical_not(ok | at_end)
-      if not self.skip_corrupt_images:
-        message = tf.strings.join([f'{self.name}: cannot decode image ', path,
-                                   ' (skip_corrupt_images=false)'])
-        assertion = tf.debugging.Assert(tf.logical_not(bad), [message])
-      else:
-        first = tf.where(bad & tf.equal(skipped, 0), path, first)
-        skipped += tf.cast(bad, tf.int64)
-        assertion = tf.debugging.Assert(
-            tf.logical_not(at_end & (seen > 0) & tf.equal(skipped, seen)),
-            [f'{self.name}: none of the images in {folder} can be read'])
-        ok = tf.cond(at_end & (skipped > 0), lambda: _scalar(tf.py_function(
-            warn, [skipped, seen, first], tf.bool)), lambda: ok)
-      seen += tf.cast(tf.logical_not(at_end), tf.int64)
+    def count(seen, element):
+      image, label, at_end = element
+      skipped = expected - seen
+      assertion = tf.debugging.Assert(tf.logical_not(at_end & tf.equal(seen, 0)),
+                                      [f'{self.name}: none of the images in {folder} can be read'])
       with tf.control_dependencies([assertion]):
-        return (seen, skipped, first), (image, label, tf.identity(ok))
+        keep = tf.cond(at_end, lambda: tf.cond(skipped > 0, lambda: _scalar(tf.py_function(
+            warn, [skipped, expected], tf.bool)), lambda: tf.constant(False)), lambda: tf.constant(True))
+      return seen + 1, (image, label, keep)
 
-    counters = (tf.constant(0, tf.int64), tf.constant(0, tf.int64), tf.constant(''))
-    dataset = dataset.concatenate(end).scan(counters, check)
+    dataset = dataset.concatenate(end).scan(tf.constant(0, tf.int64), count)
     return dataset.filter(_is_kept).map(_without_flag)
 
 

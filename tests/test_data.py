@@ -8,7 +8,8 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from simclr_tf2 import data
+from simclr_tf2 import data, train
+from simclr_tf2.config import Config
 
 CONTEXT = tf.distribute.InputContext()  # one pipeline, one replica
 
@@ -111,8 +112,7 @@ def test_image_folder_reads_formats_and_skips_corrupt_files(folder, caplog):
   with caplog.at_level(logging.WARNING, logger='simclr_tf2.data'):
     examples = list(source.as_dataset('train', shuffle_files=False).as_numpy_iterator())
   warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
-  assert len(warnings) == 1 and 'skipped 2 unreadable image(s) of 6' in warnings[0]
-  assert warnings[0].endswith('bad.jpg')  # the first one met, in file order
+  assert warnings == [f'image_folder: skipped 2 unreadable image(s) of 6 in {folder}/train']
   shapes_labels = [(image.shape, image.dtype, label) for image, label in examples]
   assert shapes_labels == [((20, 30, 3), np.uint8, 1), ((17, 9, 3), np.uint8, 1),
                            ((5, 7, 3), np.uint8, 2), ((11, 13, 3), np.uint8, 2)]
@@ -154,6 +154,16 @@ def test_image_folder_corrupt_file_is_an_error_when_not_skipping(folder):
                      r'\(skip_corrupt_images=false\)$'), data.corrupt_image_errors():
     for _ in range(3):
       step()
+
+
+def test_a_run_stops_at_a_corrupt_image_with_one_line_error(folder, tmp_path):
+  config = Config(dataset='image_folder', data_dir=str(folder), skip_corrupt_images=False,
+                  train_mode='finetune', mode='train', image_size=8, resnet_depth=18,
+                  train_batch_size=4, train_steps=2, use_tpu=False, seed=0,
+                  model_dir=str(tmp_path / 'run'))
+  with pytest.raises(data.CorruptImageError, match=r'^image_folder: cannot decode image '
+                     rf'{folder}/train/dog/(bad|truncated)\.jpg \(skip_corrupt_images=false\)$'):
+    train.run(config, strategy=tf.distribute.get_strategy())
 
 
 def test_image_folder_unlabeled(folder):
