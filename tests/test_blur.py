@@ -132,6 +132,7 @@ class RecordLogs(Callback):
     self.logs.append((step, dict(logs)))
 
 
+@pytest.mark.slow
 def test_pretraining_with_blur_end_to_end(tmp_path):
   config = Config(dataset='digits', image_size=32, resnet_depth=18, train_batch_size=16,
                   train_steps=2, checkpoint_steps=1, eval_steps=1, eval_batch_size=16,
