@@ -14,7 +14,11 @@ setup(
     long_description=(HERE / 'README.md').read_text(encoding='utf-8'),
     long_description_content_type='text/markdown',
     packages=find_packages(include=['simclr_tf2', 'simclr_tf2.*', 'checkpoints_conversion',
-                                    'checkpoints_conversion.*']),
+                                    'checkpoints_conversion.*']) + ['simclr_tf2.flagfiles'],
+    # The recipes stay in one copy at the top-level flags/ and install as simclr_tf2/flagfiles/
+    # (an editable install reads flags/ itself; see simclr_tf2/recipes.py).
+    package_dir={'simclr_tf2.flagfiles': 'flags'},
+    package_data={'simclr_tf2.flagfiles': ['*.cfg']},
     python_requires='>=3.9',
     install_requires=[
         # Keras 2 (tf_keras) keeps the official checkpoint object graph; Keras 3 breaks it.

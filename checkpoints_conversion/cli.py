@@ -1,10 +1,12 @@
-"""What the conversion command lines share: flag parsing and one-line error reporting."""
+"""What the conversion command lines share: flag parsing (`--flagfile` takes a path or a recipe
+name) and one-line error reporting."""
 
 import sys
 
 from absl import app, flags
 import tensorflow as tf
 
+from simclr_tf2 import recipes
 from simclr_tf2.checkpoint import CheckpointError
 
 # Errors reported as one `error: ...` line with exit code 1 (anything else is a bug: traceback).
@@ -30,8 +32,8 @@ def run(define_flags, action, argv) -> int:
   flag_values = flags.FlagValues()
   define_flags(flag_values)
   try:
-    flag_values(argv)
-  except flags.Error as error:
+    flag_values(recipes.expand_flagfiles(argv))
+  except (flags.Error, recipes.RecipeError) as error:
     print(f'error: {one_line(error)}', file=sys.stderr)
     return 1
   return report_errors(action, flag_values)
@@ -46,4 +48,4 @@ def run_main(define_flags, action):
       raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
     sys.exit(report_errors(action, flags.FLAGS))
 
-  app.run(main)
+  app.run(main, flags_parser=recipes.flags_parser(flags.FLAGS))

@@ -14,14 +14,18 @@ fully offline), `image_folder` (data_dir/<split>/<class>/<image>) or `image_fold
 views: [b, s, s, 6] (two views) for pretraining, [b, s, s, 3] otherwise, with one-hot labels.
 """
 
+import contextlib
+import functools
 import logging
 import os
 import random
+import re
 
 import numpy as np
 import tensorflow as tf
 
 from simclr_tf2 import augment
+from simclr_tf2.errors import SimCLRError
 
 logger = logging.getLogger(__name__)
 
@@ -149,94 +153,127 @@ class DigitsSource:
 
 # --- image folders ----------------------------------------------------------------------------
 
-def _list_images(folder):
-  return sorted(os.path.join(folder, name) for name in os.listdir(folder)
-                if not name.startswith('.') and name.lower().endswith(IMAGE_EXTENSIONS)
-                and os.path.isfile(os.path.join(folder, name)))
+def _entries(folder):
+  """Sorted (name, is_dir, is_image) of a folder's visible entries: one directory read."""
+  with os.scandir(folder) as entries:
+    return sorted((entry.name, entry.is_dir(), entry.is_file() and
+                   entry.name.lower().endswith(IMAGE_EXTENSIONS))
+                  for entry in entries if not entry.name.startswith('.'))
+
+
+def _subfolders(folder):
+  return [name for name, is_dir, _ in _entries(folder) if is_dir]
+
+
+def _image_paths(folder):
+  return [os.path.join(folder, name) for name, _, is_image in _entries(folder) if is_image]
 
 
 def _decode(contents):
   return tf.io.decode_image(contents, channels=3, expand_animations=False)
 
 
-def _decodable(paths):
-  """The subset of `paths` TensorFlow can read and decode (one parallel decoding pass)."""
-  def decoded_shape(path):
-    contents = tf.io.read_file(path)
-    # A JPEG decoded at 1/8 scale still parses the whole stream, so truncation is caught cheaply.
-    shape = tf.cond(tf.io.is_jpeg(contents),
-                    lambda: tf.shape(tf.io.decode_jpeg(contents, channels=3, ratio=8)),
-                    lambda: tf.shape(_decode(contents)))
-    return path, shape
+def _read_image(path, label):
+  return _decode(tf.io.read_file(path)), label
 
-  dataset = tf.data.Dataset.from_tensor_slices(paths).map(
-      decoded_shape, num_parallel_calls=tf.data.AUTOTUNE).ignore_errors()
-  return {path.decode() for path, _ in dataset.as_numpy_iterator()}
+
+def _read_image_or_fail(name, path, label):
+  """A one-element dataset of the decoded image, or an assertion error naming the file. The
+  error is caught per file (a dataset of one element), so the file is known."""
+  def fail(path, label):
+    message = tf.strings.join([f'{name}: cannot decode image ', path,
+                               ' (skip_corrupt_images=false)'])
+    with tf.control_dependencies([tf.debugging.Assert(False, [message])]):
+      return tf.zeros([0, 0, 3], tf.uint8), tf.identity(label)
+
+  one = tf.data.Dataset.from_tensors((path, label))
+  return one.map(_read_image).ignore_errors().concatenate(one.map(fail)).take(1)
+
+
+class CorruptImageError(SimCLRError, ValueError):
+  """An image folder's file cannot be decoded (skip_corrupt_images=False), or none can."""
+
+
+# The message of the pipeline's assertions (see ImageFolderSource.as_dataset), on one line.
+_IMAGE_FOLDER_ASSERTION = re.compile(r'assertion failed: \[(image_folder(?:_unlabeled)?: .*?)\]$',
+                                     re.MULTILINE)
+
+
+@contextlib.contextmanager
+def corrupt_image_errors():
+  """Reports an image folder's unreadable image (skip_corrupt_images=False) or unreadable split,
+  which TensorFlow raises wherever the dataset is read (e.g. inside a training step), as a
+  one-line CorruptImageError. Also usable as a decorator."""
+  try:
+    yield
+  except tf.errors.InvalidArgumentError as error:
+    match = _IMAGE_FOLDER_ASSERTION.search(error.message)
+    if not match:
+      raise
+    raise CorruptImageError(match.group(1)) from None
 
 
 class ImageFolderSource:
   """Images on disk: data_dir/<split>/<class>/<image> (labeled) or data_dir/<split>/<image>.
 
-  Labeled: classes are the sorted union of class-folder names over all split folders, so train
-  and eval splits share one label mapping. Unlabeled: every image has label 0 and num_classes is
-  1 (pretraining only). JPEG, PNG, GIF (first frame) and BMP of any size are read; grayscale and
-  RGBA become RGB. Files TensorFlow cannot decode are found by one decoding pass when a split is
-  first used and skipped with a single counted warning, or rejected with an error naming the
-  file when `skip_corrupt_images` is False; `num_examples` counts readable images only.
+  Construction only lists file names (one directory read per folder; nothing is decoded):
+  an empty split folder or class folder is a ValueError naming it. Labeled: classes are the
+  sorted union of class-folder names over all split folders, so train and eval splits share one
+  label mapping. Unlabeled: every image has label 0 and num_classes is 1 (pretraining only).
+  `num_examples` counts the listed image files.
+
+  `as_dataset` reads and decodes in parallel. JPEG, PNG, GIF (first frame) and BMP of any size
+  are read; grayscale and RGBA become RGB. A file that cannot be read or decoded is skipped, with
+  one warning per pass over the split giving the count, or, when `skip_corrupt_images` is False,
+  stops reading with an error naming it (see `corrupt_image_errors`; this mode checks each file
+  on its own, which costs some throughput on tiny images).
   """
 
   def __init__(self, data_dir, labeled=True, skip_corrupt_images=True):
     self.name = 'image_folder' if labeled else 'image_folder_unlabeled'
+    layout = f'data_dir/<split>/{"<class>/" if labeled else ""}<image files>'
     if not data_dir or not os.path.isdir(data_dir):
-      raise ValueError(f'{self.name}: data_dir={data_dir!r} is not a directory; expected '
-                       f'data_dir/<split>/{"<class>/" if labeled else ""}<image files>')
+      raise ValueError(f'{self.name}: data_dir={data_dir!r} is not a directory; expected {layout}')
     self.data_dir = data_dir
     self.labeled = labeled
     self.skip_corrupt_images = skip_corrupt_images
+    splits = _subfolders(data_dir)
+    if not splits:
+      raise ValueError(f'{self.name}: no split folders in {data_dir}; expected {layout}')
+    listed = {split: self._list_split(os.path.join(data_dir, split)) for split in splits}
     if labeled:
-      self.class_names = sorted({name for split in self._split_names()
-                                 for name in os.listdir(os.path.join(data_dir, split))
-                                 if os.path.isdir(os.path.join(data_dir, split, name))})
+      self.class_names = sorted({name for classes in listed.values() for name in classes})
     else:
       self.class_names = ['unlabeled']
     self.num_classes = len(self.class_names)
-    self._examples = {}  # split -> (paths, labels) of readable images
+    self._examples = {}  # split -> (paths, labels)
+    index = {name: label for label, name in enumerate(self.class_names)}
+    for split, classes in listed.items():
+      examples = [(path, index[name] if labeled else 0)
+                  for name, paths in classes.items() for path in paths]
+      paths, labels = zip(*examples)
+      self._examples[split] = (list(paths), np.array(labels, np.int64))
 
-  def _split_names(self):
-    return sorted(name for name in os.listdir(self.data_dir)
-                  if os.path.isdir(os.path.join(self.data_dir, name)))
-
-  def _listed(self, split):
-    """All candidate (path, label) pairs of a split, before checking that they decode."""
-    if split not in self._split_names():
-      _fail_split(f'{self.name} {self.data_dir}', split, self._split_names())
-    folder = os.path.join(self.data_dir, split)
+  def _list_split(self, folder):
+    """{class name: image paths} of a split folder ({'': paths} when unlabeled)."""
+    extensions = ', '.join(IMAGE_EXTENSIONS)
     if not self.labeled:
-      return [(path, 0) for path in _list_images(folder)]
-    return [(path, label) for label, name in enumerate(self.class_names)
-            if os.path.isdir(os.path.join(folder, name))
-            for path in _list_images(os.path.join(folder, name))]
+      paths = _image_paths(folder)
+      if not paths:
+        raise ValueError(f'{self.name}: no images ({extensions}) in {folder}')
+      return {'': paths}
+    classes = {name: _image_paths(os.path.join(folder, name)) for name in _subfolders(folder)}
+    if not classes:
+      raise ValueError(f'{self.name}: no class folders in {folder}; expected {folder}/<class>/'
+                       '<image files>')
+    for name, paths in classes.items():
+      if not paths:
+        raise ValueError(f'{self.name}: no images ({extensions}) in {os.path.join(folder, name)}')
+    return classes
 
   def _split(self, split):
     if split not in self._examples:
-      listed = self._listed(split)
-      folder = os.path.join(self.data_dir, split)
-      if not listed:
-        raise ValueError(f'{self.name}: no images ({", ".join(IMAGE_EXTENSIONS)}) in {folder}'
-                         f'{"/<class>/" if self.labeled else ""}')
-      valid = _decodable([path for path, _ in listed])
-      corrupt = [path for path, _ in listed if path not in valid]
-      if corrupt and not self.skip_corrupt_images:
-        raise ValueError(f'{self.name}: cannot decode image {corrupt[0]} ({len(corrupt)} '
-                         'unreadable in total); fix or remove it, or set skip_corrupt_images')
-      if corrupt:
-        logger.warning('%s: skipping %d unreadable image(s) of %d in %s, e.g. %s', self.name,
-                       len(corrupt), len(listed), folder, corrupt[0])
-      examples = [(path, label) for path, label in listed if path in valid]
-      if not examples:
-        raise ValueError(f'{self.name}: none of the {len(listed)} images in {folder} can be read')
-      paths, labels = zip(*examples)
-      self._examples[split] = (list(paths), np.array(labels, np.int64))
+      _fail_split(f'{self.name} {self.data_dir}', split, self._examples)
     return self._examples[split]
 
   def num_examples(self, split):
@@ -245,10 +282,51 @@ class ImageFolderSource:
   def as_dataset(self, split, shuffle_files, input_context=None, seed=None):
     paths, labels = self._split(split)
     dataset = _shard(tf.data.Dataset.from_tensor_slices((paths, labels)), input_context)
+    expected = dataset.cardinality()  # files of this input pipeline
     if shuffle_files:  # one file per example: shuffling the file list is a full shuffle
       dataset = dataset.shuffle(len(labels), seed=seed)
-    return dataset.map(lambda path, label: (_decode(tf.io.read_file(path)), label),
-                       num_parallel_calls=tf.data.AUTOTUNE)
+    # Reads run in parallel; their order is deterministic unless the pipeline's options say not.
+    if not self.skip_corrupt_images:
+      return dataset.interleave(functools.partial(_read_image_or_fail, self.name),
+                                num_parallel_calls=tf.data.AUTOTUNE)
+    # Unreadable files are dropped; an end marker closes each pass, where the files it lacks are
+    # counted (one warning per pass), and a pass that read nothing fails rather than leaving an
+    # empty dataset to be repeated forever.
+    dataset = dataset.map(_read_image, num_parallel_calls=tf.data.AUTOTUNE).ignore_errors()
+    dataset = dataset.map(lambda image, label: (image, label, False))
+    end = tf.data.Dataset.from_tensors((tf.zeros([0, 0, 3], tf.uint8), tf.constant(0, tf.int64),
+                                        True))
+    folder = os.path.join(self.data_dir, split)
+
+    def warn(skipped, total):
+      logger.warning('%s: skipped %d unreadable image(s) of %d in %s', self.name, int(skipped),
+                     int(total), folder)
+      return False
+
+    def count(seen, element):
+      image, label, at_end = element
+      skipped = expected - seen
+      assertion = tf.debugging.Assert(tf.logical_not(at_end & tf.equal(seen, 0)),
+                                      [f'{self.name}: none of the images in {folder} can be read'])
+      with tf.control_dependencies([assertion]):
+        keep = tf.cond(at_end, lambda: tf.cond(skipped > 0, lambda: _scalar(tf.py_function(
+            warn, [skipped, expected], tf.bool)), lambda: tf.constant(False)), lambda: tf.constant(True))
+      return seen + 1, (image, label, keep)
+
+    dataset = dataset.concatenate(end).scan(tf.constant(0, tf.int64), count)
+    return dataset.filter(_is_kept).map(_without_flag)
+
+
+def _scalar(tensor):
+  return tf.ensure_shape(tensor, [])
+
+
+def _is_kept(image, label, ok):  # pylint: disable=unused-argument
+  return ok
+
+
+def _without_flag(image, label, ok):  # pylint: disable=unused-argument
+  return image, label
 
 
 def get_source(dataset, data_dir=None, skip_corrupt_images=True, image_size=None):

@@ -3,7 +3,7 @@ pretrained encoder and of the same encoder at random initialisation.
 
     python -m simclr_tf2.demo [--model_dir=/tmp/simclr_tf2_digits_demo] [--pretrain_epochs=N]
 
-Recipes: flags/digits_demo.cfg (pretraining) and flags/digits_demo_linear_eval.cfg (evaluation).
+Recipes: digits_demo (pretraining) and digits_demo_linear_eval (evaluation), in flags/.
 """
 
 import logging as std_logging
@@ -13,16 +13,16 @@ import sys
 from absl import app, flags, logging
 
 from simclr_tf2 import flags as config_flags
+from simclr_tf2 import recipes
 
-FLAGS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'flags')
 DEFAULT_MODEL_DIR = '/tmp/simclr_tf2_digits_demo'
 
 
 def recipe(*flagfiles, **overrides):
-  """A Config from flagfiles (later files win) and keyword overrides."""
+  """A Config from flagfiles (recipe names or paths; later files win) and keyword overrides."""
   values = flags.FlagValues()
   config_flags.define_config_flags(values)
-  values(['demo'] + [f'--flagfile={os.path.join(FLAGS_DIR, name)}' for name in flagfiles])
+  values(['demo'] + recipes.expand_flagfiles([f'--flagfile={name}' for name in flagfiles]))
   return config_flags.config_from_flags(values).replace(**overrides)
 
 

@@ -56,10 +56,11 @@ def main(argv, strategy=None):
 
 
 def run_main():
-  """Console-script entry point (`simclr-tf2`)."""
+  """Console-script entry point (`simclr-tf2`); `--flagfile` takes a path or a recipe name."""
   os.environ.setdefault('TF_USE_LEGACY_KERAS', '1')  # see README "Python API"
+  from simclr_tf2 import recipes  # pylint: disable=import-outside-toplevel
   logging.set_verbosity(logging.INFO)
-  app.run(main)
+  app.run(main, flags_parser=recipes.flags_parser(FLAGS))
 
 
 if __name__ == '__main__':

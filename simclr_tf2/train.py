@@ -23,7 +23,7 @@ from simclr_tf2 import checkpoint as ckpt_lib
 from simclr_tf2.callbacks import (Callback, CheckpointSaver, DivergenceGuard, ProgressLogger,
                                   ScalarSummaries, format_metrics)
 from simclr_tf2.config import Config
-from simclr_tf2.data import build_distributed_dataset, get_source
+from simclr_tf2.data import build_distributed_dataset, corrupt_image_errors, get_source
 from simclr_tf2.errors import TrainingError, one_line
 from simclr_tf2.task import SimCLRTask
 
@@ -312,6 +312,7 @@ class RunResult:
   saved_model: Optional[str] = None
 
 
+@corrupt_image_errors()
 def run(config: Config, strategy: Optional[tf.distribute.Strategy] = None,
         callbacks: Optional[Sequence[Callback]] = None) -> RunResult:
   """Runs `config.mode` (train, eval, train_then_eval) in `config.model_dir`.

@@ -100,20 +100,3 @@ def test_readme_starts_with_the_two_commands():
   assert len(block) == 2
   assert 'simclr_tf2.demo' in block[0] and 'pytest' in block[1]
 
-
-def test_demo_recipes_parse_into_the_documented_runs():
-  from simclr_tf2.demo import recipe  # pylint: disable=import-outside-toplevel
-  pretrain = recipe('digits_demo.cfg')
-  linear_eval = recipe('digits_demo.cfg', 'digits_demo_linear_eval.cfg')
-  assert (pretrain.dataset, pretrain.train_mode, pretrain.use_tpu) == ('digits', 'pretrain', False)
-  assert (linear_eval.train_mode, linear_eval.fine_tune_after_block,
-          linear_eval.zero_init_logits_layer, linear_eval.mode) == (
-              'finetune', 4, True, 'train_then_eval')
-  assert linear_eval.resnet_depth == pretrain.resnet_depth  # same architecture as pretrained
-
-
-@pytest.mark.parametrize('flagfile', sorted(p.name for p in (README.parent / 'flags').glob('*.cfg')))
-def test_every_recipe_flagfile_gives_a_valid_config(flagfile, monkeypatch):
-  from simclr_tf2.demo import recipe  # pylint: disable=import-outside-toplevel
-  monkeypatch.chdir(README.parent)  # nested --flagfile paths are relative to the repository root
-  recipe(flagfile)  # raises on unknown flags or invalid values

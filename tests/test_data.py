@@ -8,7 +8,8 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from simclr_tf2 import data
+from simclr_tf2 import data, train
+from simclr_tf2.config import Config
 
 CONTEXT = tf.distribute.InputContext()  # one pipeline, one replica
 
@@ -107,12 +108,11 @@ def folder(tmp_path):
 def test_image_folder_reads_formats_and_skips_corrupt_files(folder, caplog):
   source = data.get_source('image_folder', str(folder))
   assert source.class_names == ['bird', 'cat', 'dog'] and source.num_classes == 3
+  assert source.num_examples('train') == 6 and source.num_examples('test') == 2  # files listed
   with caplog.at_level(logging.WARNING, logger='simclr_tf2.data'):
-    assert source.num_examples('train') == 4
-    assert source.num_examples('test') == 2
+    examples = list(source.as_dataset('train', shuffle_files=False).as_numpy_iterator())
   warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
-  assert len(warnings) == 1 and 'skipping 2 unreadable image(s) of 6' in warnings[0]
-  examples = list(source.as_dataset('train', shuffle_files=False).as_numpy_iterator())
+  assert warnings == [f'image_folder: skipped 2 unreadable image(s) of 6 in {folder}/train']
   shapes_labels = [(image.shape, image.dtype, label) for image, label in examples]
   assert shapes_labels == [((20, 30, 3), np.uint8, 1), ((17, 9, 3), np.uint8, 1),
                            ((5, 7, 3), np.uint8, 2), ((11, 13, 3), np.uint8, 2)]
@@ -121,36 +121,89 @@ def test_image_folder_reads_formats_and_skips_corrupt_files(folder, caplog):
   assert (gray[..., 0] == gray[..., 1]).all() and (gray[..., 1] == gray[..., 2]).all()
 
 
+def test_image_folder_lists_without_decoding(folder):
+  """Construction reads directories only: a file that appears later is not seen, one that
+  becomes unreadable later is skipped when read."""
+  source = data.get_source('image_folder', str(folder))
+  _save(folder / 'train/cat/late.png', RGBA, 'PNG', 'RGBA')
+  (folder / 'train/cat/a.jpg').write_bytes(b'broken after listing')
+  assert source.num_examples('train') == 6
+  labels = [label for _, label in source.as_dataset('train', False).as_numpy_iterator()]
+  assert labels == [1, 2, 2]
+
+
 def test_image_folder_corrupt_file_is_an_error_when_not_skipping(folder):
   source = data.get_source('image_folder', str(folder), skip_corrupt_images=False)
-  with pytest.raises(ValueError, match=r'cannot decode image .*bad\.jpg \(2 unreadable'):
-    source.num_examples('train')
+  assert source.num_examples('train') == 6
+  with pytest.raises(data.CorruptImageError) as info, data.corrupt_image_errors():
+    list(source.as_dataset('train', shuffle_files=False))
+  assert str(info.value) == (f'image_folder: cannot decode image {folder}/train/dog/bad.jpg '
+                             '(skip_corrupt_images=false)')
+  # Also when the error is raised inside a distributed training step.
+  strategy = tf.distribute.get_strategy()
+  dataset = data.build_distributed_dataset(
+      source, 4, True, strategy, split='train', train_mode='finetune', image_size=8,
+      color_jitter_strength=0., cache_dataset=False, seed=0)
+  iterator = iter(dataset)
+
+  @tf.function
+  def step():
+    return strategy.run(lambda images, labels: tf.reduce_sum(images), args=next(iterator))
+
+  with pytest.raises(data.CorruptImageError, match=r'^image_folder: cannot decode image .*\.jpg '
+                     r'\(skip_corrupt_images=false\)$'), data.corrupt_image_errors():
+    for _ in range(3):
+      step()
+
+
+def test_a_run_stops_at_a_corrupt_image_with_one_line_error(folder, tmp_path):
+  config = Config(dataset='image_folder', data_dir=str(folder), skip_corrupt_images=False,
+                  train_mode='finetune', mode='train', image_size=8, resnet_depth=18,
+                  train_batch_size=4, train_steps=2, use_tpu=False, seed=0,
+                  model_dir=str(tmp_path / 'run'))
+  with pytest.raises(data.CorruptImageError, match=r'^image_folder: cannot decode image '
+                     rf'{folder}/train/dog/(bad|truncated)\.jpg \(skip_corrupt_images=false\)$'):
+    train.run(config, strategy=tf.distribute.get_strategy())
 
 
 def test_image_folder_unlabeled(folder):
-  source = data.get_source('image_folder_unlabeled', str(folder / 'train'))
-  assert source.num_classes == 1
   (folder / 'train/flat').mkdir()
   _save(folder / 'train/flat/x.png', RGBA, 'PNG', 'RGBA')
   _save(folder / 'train/flat/y.jpg', np.zeros((3, 4, 3), np.uint8), 'JPEG')
+  source = data.get_source('image_folder_unlabeled', str(folder / 'train'))
+  assert source.num_classes == 1
   labels = [label for _, label in source.as_dataset('flat', False).as_numpy_iterator()]
   assert labels == [0, 0] and source.num_examples('flat') == 2
 
 
-def test_image_folder_missing_or_empty_is_an_error(tmp_path):
+def test_image_folder_missing_or_empty_is_an_error_at_construction(tmp_path):
   with pytest.raises(ValueError, match='is not a directory'):
     data.get_source('image_folder', str(tmp_path / 'missing'))
   with pytest.raises(ValueError, match='is not a directory'):
     data.get_source('image_folder', None)
-  (tmp_path / 'train/cat').mkdir(parents=True)
+  with pytest.raises(ValueError, match=f'^image_folder: no split folders in {tmp_path};'):
+    data.get_source('image_folder', str(tmp_path))
+  (tmp_path / 'train').mkdir()
+  with pytest.raises(ValueError, match=f'^image_folder: no class folders in {tmp_path}/train;'):
+    data.get_source('image_folder', str(tmp_path))
+  with pytest.raises(ValueError, match=f'^image_folder_unlabeled: no images .* in {tmp_path}/train$'):
+    data.get_source('image_folder_unlabeled', str(tmp_path))
+  (tmp_path / 'train/cat').mkdir()
+  (tmp_path / 'train/dog').mkdir()
+  _save(tmp_path / 'train/dog/x.png', RGBA, 'PNG', 'RGBA')
+  (tmp_path / 'train/cat/notes.txt').write_text('not an image')
+  with pytest.raises(ValueError, match=f'^image_folder: no images .* in {tmp_path}/train/cat$'):
+    data.get_source('image_folder', str(tmp_path))
+  (tmp_path / 'train/cat/.hidden.png').write_bytes(b'hidden files are not images')
+  (tmp_path / 'train/cat/broken.png').write_bytes(b'\x89PNG junk')
   source = data.get_source('image_folder', str(tmp_path))
-  with pytest.raises(ValueError, match='no images'):
-    source.num_examples('train')
   with pytest.raises(ValueError, match="unknown split 'validation'; available splits: train"):
     source.num_examples('validation')
-  (tmp_path / 'train/cat/broken.png').write_bytes(b'\x89PNG junk')
-  with pytest.raises(ValueError, match='none of the 1 images'):
-    data.get_source('image_folder', str(tmp_path)).num_examples('train')
+  (tmp_path / 'train/dog/x.png').write_bytes(b'broken too')
+  with pytest.raises(data.CorruptImageError,
+                     match=f'^image_folder: none of the images in {tmp_path}/train can be read$'):
+    with data.corrupt_image_errors():
+      list(data.get_source('image_folder', str(tmp_path)).as_dataset('train', True))
 
 
 # --- TFDS (offline) ---------------------------------------------------------------------------
@@ -238,6 +291,14 @@ def test_seeded_pipeline_is_reproducible(digits):
   assert not np.array_equal(first[0], other[0])
 
 
+def test_seeded_image_folder_pipeline_is_reproducible(folder):
+  source = data.get_source('image_folder', str(folder))  # parallel reads, one skipped file
+  first = _first_batch(source, 4, True, seed=5, train_mode='finetune')
+  again = _first_batch(source, 4, True, seed=5, train_mode='finetune')
+  for a, b in zip(first, again):
+    np.testing.assert_array_equal(a, b)
+
+
 def test_eval_reads_once_keeps_partial_batch_and_matches_labels(digits):
   input_fn = data.build_input_fn(digits, 100, False, split='validation', train_mode='pretrain',
                                  image_size=8, color_jitter_strength=1.0, cache_dataset=True)
@@ -252,7 +313,7 @@ def test_eval_reads_once_keeps_partial_batch_and_matches_labels(digits):
 
 
 def test_training_repeats_and_drops_remainder(folder):
-  source = data.get_source('image_folder', str(folder))  # 4 readable training images
+  source = data.get_source('image_folder', str(folder))  # 4 readable training images of 6
   input_fn = data.build_input_fn(source, 3, True, split='train', train_mode='finetune',
                                  image_size=8, color_jitter_strength=0., cache_dataset=True)
   shapes = [x.shape for x, _ in input_fn(CONTEXT).take(5)]

@@ -1,0 +1,165 @@
+"""Recipes (flags/*.cfg shipped in the package): lookup by name, `--flagfile` expansion with nested
+files relative to the including file, cycles and missing files, and every recipe a valid Config.
+
+Expected flag lists are written out by hand from the files the tests create (or from the recipe
+files as they read in flags/), not produced by the code under test.
+"""
+
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+from absl import flags
+
+from checkpoints_conversion import cli
+from simclr_tf2 import flags as config_flags
+from simclr_tf2 import recipes
+from simclr_tf2.demo import recipe
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+FLAGS_DIR = REPO / 'flags'
+
+
+@pytest.fixture(name='elsewhere')
+def elsewhere_fixture(tmp_path, monkeypatch):
+  """An empty working directory outside the repository."""
+  cwd = tmp_path / 'cwd'
+  cwd.mkdir()
+  monkeypatch.chdir(cwd)
+  return cwd
+
+
+def write(path, *lines):
+  path.parent.mkdir(parents=True, exist_ok=True)
+  path.write_text('\n'.join(lines) + '\n')
+  return path
+
+
+def test_every_file_of_flags_is_a_recipe_found_by_name_with_or_without_suffix(elsewhere):
+  files = sorted(FLAGS_DIR.glob('*.cfg'))
+  assert len(files) == 10 and recipes.list_recipes() == [f.stem for f in files]
+  for file in files:
+    for name in (file.stem, file.name):
+      assert pathlib.Path(recipes.recipe_path(name)).read_text() == file.read_text()
+
+
+def test_an_existing_path_wins_over_a_recipe_of_the_same_name(elsewhere):
+  write(elsewhere / 'digits_demo.cfg', '--train_epochs=3')
+  assert recipes.recipe_path('digits_demo.cfg') == str(elsewhere / 'digits_demo.cfg')
+  assert recipes.expand_flagfiles(['--flagfile=digits_demo.cfg']) == ['--train_epochs=3']
+  assert recipes.recipe_path('digits_demo') != str(elsewhere / 'digits_demo.cfg')  # no file
+
+
+def test_packaged_recipe_with_a_nested_recipe_expands_from_another_directory(elsewhere):
+  argv = recipes.expand_flagfiles(['prog', '--flagfile=cifar10_finetune', '--learning_rate=0.2'])
+  linear_eval = [line for line in (FLAGS_DIR / 'cifar10_linear_eval.cfg').read_text().splitlines()
+                 if line.startswith('--')]
+  assert argv == ['prog', *linear_eval, '--fine_tune_after_block=-1', '--learning_rate=0.05',
+                  '--weight_decay=1e-6', '--model_dir=/tmp/simclr_cifar10_finetune',
+                  '--learning_rate=0.2']
+
+
+def test_nested_flagfiles_resolve_relative_to_the_including_file(elsewhere, tmp_path):
+  write(tmp_path / 'runs' / 'outer.cfg',
+        '# a comment', '// another comment', '', '   ', '--train_epochs=5',
+        '--flagfile=sub/inner.cfg', '  --temperature=0.3  ', '--flagfile=', '--flagfile=digits_demo')
+  write(tmp_path / 'runs' / 'sub' / 'inner.cfg', '--flagfile=../../leaf.cfg', '--resnet_depth=34')
+  write(tmp_path / 'leaf.cfg', '--image_size=24')
+  digits_demo = [line for line in (FLAGS_DIR / 'digits_demo.cfg').read_text().splitlines()
+                 if line.startswith('--')]
+  assert recipes.expand_flagfiles(['prog', '--flagfile', '../runs/outer.cfg', '--seed=1']) == [
+      'prog', '--train_epochs=5', '--image_size=24', '--resnet_depth=34', '--temperature=0.3',
+      *digits_demo, '--seed=1']
+  # After `--` nothing is expanded (absl's convention).
+  assert recipes.expand_flagfiles(['--', '--flagfile=x']) == ['--', '--flagfile=x']
+
+
+@pytest.mark.parametrize('layout', ['self', 'pair'])
+def test_a_cycle_is_an_error_naming_the_files(layout, tmp_path):
+  if layout == 'self':
+    write(tmp_path / 'a.cfg', '--seed=1', '--flagfile=a.cfg')
+  else:
+    write(tmp_path / 'a.cfg', '--flagfile=dir/b.cfg')
+    write(tmp_path / 'dir' / 'b.cfg', '--flagfile=../a.cfg')
+  with pytest.raises(recipes.RecipeError, match=r'^flagfile cycle: .*a\.cfg -> .*a\.cfg$') as info:
+    recipes.expand_flagfiles([f'--flagfile={tmp_path / "a.cfg"}'])
+  assert '\n' not in str(info.value)
+  assert (str(tmp_path / 'dir' / 'b.cfg') in str(info.value)) == (layout == 'pair')
+
+
+def test_a_missing_file_is_an_error_naming_it(elsewhere, tmp_path):
+  with pytest.raises(recipes.RecipeError, match=r'^flagfile not found: no_such_recipe is not a '):
+    recipes.expand_flagfiles(['prog', '--flagfile=no_such_recipe'])
+  write(tmp_path / 'outer.cfg', '--seed=1', '--flagfile=missing.cfg')
+  with pytest.raises(recipes.RecipeError) as info:
+    recipes.expand_flagfiles([f'--flagfile={tmp_path / "outer.cfg"}'])
+  assert str(info.value).startswith(f'flagfile not found: {tmp_path}/missing.cfg ')
+  assert 'digits_demo' in str(info.value) and '\n' not in str(info.value)  # lists the recipes
+  with pytest.raises(recipes.RecipeError, match='needs a file name'):
+    recipes.expand_flagfiles(['prog', '--flagfile'])
+
+
+@pytest.mark.parametrize('name', [path.stem for path in sorted(FLAGS_DIR.glob('*.cfg'))])
+def test_every_recipe_gives_a_valid_config(name, elsewhere):
+  config = recipe(name)  # raises on unknown flags or invalid values
+  for line in (FLAGS_DIR / f'{name}.cfg').read_text().splitlines():
+    if line.startswith('--model_dir='):  # the file's own flags win over the nested ones
+      assert config.model_dir == line.split('=', 1)[1]
+
+
+def test_nested_recipes_take_the_flags_of_both_files(elsewhere):
+  config = recipe('simclrv2_r152_3x_sk_pretrain')
+  assert (config.dataset, config.temperature, config.resnet_depth, config.width_multiplier,
+          config.train_epochs) == ('imagenet2012', 0.1, 152, 3, 800)
+
+
+def test_demo_recipes_parse_into_the_documented_runs(elsewhere):
+  pretrain = recipe('digits_demo.cfg')
+  linear_eval = recipe('digits_demo.cfg', 'digits_demo_linear_eval.cfg')
+  assert (pretrain.dataset, pretrain.train_mode, pretrain.use_tpu) == ('digits', 'pretrain', False)
+  assert (linear_eval.train_mode, linear_eval.fine_tune_after_block,
+          linear_eval.zero_init_logits_layer, linear_eval.mode) == (
+              'finetune', 4, True, 'train_then_eval')
+  assert linear_eval.resnet_depth == pretrain.resnet_depth  # same architecture as pretrained
+
+
+def test_entry_point_parser_expands_recipes_and_fails_in_one_line(elsewhere, capsys):
+  values = flags.FlagValues()
+  config_flags.define_config_flags(values)
+  parse = recipes.flags_parser(values)
+  assert parse(['prog', '--flagfile=cifar10_r50_pretrain']) == ['prog']
+  assert (values.dataset, values.resnet_depth, values.train_epochs) == ('cifar10', 50, 1000)
+  for argv in (['prog', '--flagfile=nope'], ['prog', '--no_such_flag=1']):
+    with pytest.raises(SystemExit) as info:
+      parse(argv)
+    assert str(info.value).startswith('error: ') and '\n' not in str(info.value)
+
+
+def test_conversion_cli_accepts_a_recipe_name(elsewhere, capsys):
+  seen = {}
+
+  def define(flag_values):
+    config_flags.define_config_flags(flag_values, names={'resnet_depth', 'width_multiplier'})
+
+  def action(flag_values):
+    seen['depth'] = flag_values.resnet_depth
+    seen['width'] = flag_values.width_multiplier
+
+  assert cli.run(define, action, ['prog', '--flagfile=simclrv2_r152_3x_sk_pretrain']) == 1
+  assert 'error: ' in capsys.readouterr().err  # the recipe's other flags are unknown here
+  define_all = config_flags.define_config_flags
+  assert cli.run(define_all, action, ['prog', '--flagfile=simclrv2_r152_3x_sk_pretrain']) == 0
+  assert seen == {'depth': 152, 'width': 3}
+  assert cli.run(define_all, action, ['prog', '--flagfile=nope']) == 1
+  assert capsys.readouterr().err.startswith('error: flagfile not found: nope ')
+
+
+def test_command_line_reports_a_missing_recipe_in_one_line(elsewhere):
+  env = dict(os.environ, PYTHONPATH=str(REPO))
+  proc = subprocess.run([sys.executable, '-m', 'simclr_tf2.run', '--flagfile=no_such_recipe'],
+                        capture_output=True, text=True, env=env, timeout=120, check=False)
+  assert proc.returncode == 1
+  assert proc.stderr.startswith('error: flagfile not found: no_such_recipe ')
+  assert proc.stderr.count('\n') == 1
