@@ -15,6 +15,7 @@ import logging as std_logging
 import math
 import os
 import sys
+import weakref
 from typing import List, NamedTuple, Optional
 
 import numpy as np
@@ -78,20 +79,7 @@ def compute_embeddings(model_or_loaded, dataset_source, split: str,
   count = _count(dataset_source, split, max_examples)
   dataset = eval_images(dataset_source, split, config.image_size, max_examples).batch(batch_size)
 
-  def embed(images, labels):
-    outputs = model.call_with_endpoints(images, training=False)
-    if endpoint not in outputs:
-      raise ValueError(f'unknown endpoint {endpoint!r}; this model has: '
-                       f'{", ".join(outputs)}')
-    output = outputs[endpoint]
-    if output.shape.rank == 4:
-      output = tf.reduce_mean(output, axis=[1, 2])
-    return tf.cast(output, tf.float32), labels
-
-  @tf.function
-  def step(images, labels):
-    return strategy.run(embed, (images, labels))
-
+  step = _embedding_step(model, endpoint, strategy)
   bar = None
   if progress:
     import tf_keras as keras  # pylint: disable=import-outside-toplevel
@@ -109,6 +97,37 @@ def compute_embeddings(model_or_loaded, dataset_source, split: str,
   labeled = getattr(dataset_source, 'labeled', True)
   return Embeddings(embeddings, np.concatenate(labels) if labeled and labels else None,
                     dataset_source.example_ids(split)[:count])
+
+
+# One traced step per (model, endpoint, strategy): the KnnMonitor calls compute_embeddings often.
+_STEPS = weakref.WeakKeyDictionary()
+
+
+def _embedding_step(model, endpoint, strategy):
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel
+  steps = _STEPS.setdefault(model, {})
+  key = (endpoint, id(strategy))
+  if key in steps:
+    return steps[key][1]
+
+  model_ref = weakref.ref(model)  # the cache must not keep its key (the model) alive
+
+  def embed(images, labels):
+    outputs = model_ref().call_with_endpoints(images, training=False)
+    if endpoint not in outputs:
+      raise ValueError(f'unknown endpoint {endpoint!r}; this model has: '
+                       f'{", ".join(outputs)}')
+    output = outputs[endpoint]
+    if output.shape.rank == 4:
+      output = tf.reduce_mean(output, axis=[1, 2])
+    return tf.cast(output, tf.float32), labels
+
+  @tf.function(reduce_retracing=True)  # the last batch is smaller
+  def step(images, labels):
+    return strategy.run(embed, (images, labels))
+
+  steps[key] = (strategy, step)  # holding the strategy keeps its id from being reused
+  return step
 
 
 def load_thumbnails(source, split: str, size: int, max_examples: Optional[int] = None

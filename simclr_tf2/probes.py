@@ -19,7 +19,7 @@ import numpy as np
 
 KNN_K = 200
 KNN_TEMPERATURE = 0.1
-PROBE_C_GRID = (1e-3, 1e-2, 1e-1, 1., 10., 100.)  # inverse L2 strength, chosen on held-out data
+PROBE_C_GRID = (1e-3, 1e-2, 1e-1, 1.)  # inverse L2 strength, chosen on held-out data
 PROBE_HOLDOUT_FRACTION = 0.2
 KNN_SCALAR = 'knn/top_1_accuracy'
 PROBE_SCALAR = 'linear_probe/top_1_accuracy'
