@@ -32,19 +32,21 @@ def project_2d(features: np.ndarray, method: str = 'tsne', seed: int = 0) -> np.
   perplexity min(30, (N - 1) / 3))."""
   from sklearn.decomposition import PCA  # pylint: disable=import-outside-toplevel
   from sklearn.manifold import TSNE  # pylint: disable=import-outside-toplevel
+  from simclr_tf2.probes import single_threaded_numerics  # pylint: disable=import-outside-toplevel
   features = np.asarray(features, np.float64)
   count = len(features)
   if count < 3:
     raise ValueError(f'a 2-D projection needs at least 3 embeddings, got {count}')
-  if method == 'pca':
-    return _pad_2d(PCA(n_components=min(2, *features.shape), random_state=seed)
-                   .fit_transform(features))
-  if method != 'tsne':
+  if method not in ('pca', 'tsne'):
     raise ValueError(f'unknown projection {method!r}: use tsne or pca')
-  components = min(TSNE_PCA_DIMENSIONS, *features.shape)
-  reduced = PCA(n_components=components, random_state=seed).fit_transform(features)
-  return TSNE(n_components=2, perplexity=min(30., (count - 1) / 3.), init='pca',
-              random_state=seed).fit_transform(reduced)
+  with single_threaded_numerics():
+    if method == 'pca':
+      return _pad_2d(PCA(n_components=min(2, *features.shape), random_state=seed)
+                     .fit_transform(features))
+    components = min(TSNE_PCA_DIMENSIONS, *features.shape)
+    reduced = PCA(n_components=components, random_state=seed).fit_transform(features)
+    return TSNE(n_components=2, perplexity=min(30., (count - 1) / 3.), init='pca',
+                random_state=seed).fit_transform(reduced)
 
 
 def _pad_2d(points):

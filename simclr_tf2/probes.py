@@ -27,6 +27,15 @@ SCORES_FILE = 'scores.json'
 _CHUNK = 1024  # test rows per similarity block: bounds memory at CHUNK x num_train floats
 
 
+def single_threaded_numerics():
+  """Context limiting BLAS/OpenMP pools to one thread for scikit-learn fits. Next to
+  TensorFlow's own thread pools their spinning worker threads oversubscribe the cores (10-50x
+  slower probes and t-SNE on a busy 2-core machine), and one thread also makes t-SNE's result
+  independent of the core count."""
+  from threadpoolctl import threadpool_limits  # pylint: disable=import-outside-toplevel
+  return threadpool_limits(limits=1)
+
+
 def _check_pair(features, labels, name):
   features = np.asarray(features)
   labels = np.asarray(labels)
@@ -104,9 +113,10 @@ def linear_probe(train_features, train_labels, test_features, test_labels,
   fit_x, held_x, fit_y, held_y = train_test_split(
       train_features, train_labels, test_size=holdout_fraction, random_state=seed,
       stratify=stratify)
-  held_scores = [probe(c).fit(fit_x, fit_y).score(held_x, held_y) for c in c_grid]
-  best = int(np.argmax(held_scores))  # first best: the strongest regularisation among ties
-  final = probe(c_grid[best]).fit(train_features, train_labels)
+  with single_threaded_numerics():
+    held_scores = [probe(c).fit(fit_x, fit_y).score(held_x, held_y) for c in c_grid]
+    best = int(np.argmax(held_scores))  # first best: the strongest regularisation among ties
+    final = probe(c_grid[best]).fit(train_features, train_labels)
   return {'top_1_accuracy': float(final.score(test_features, test_labels)),
           'C': float(c_grid[best]), 'holdout_accuracy': float(held_scores[best])}
 
