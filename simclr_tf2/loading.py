@@ -20,7 +20,7 @@ import tensorflow as tf
 
 from checkpoints_conversion.detect import detect_architecture
 from simclr_tf2.checkpoint import CheckpointError, read_shapes, resolve_checkpoint
-from simclr_tf2.checkpoint import restore_for_evaluation
+from simclr_tf2.checkpoint import restore_for_evaluation, restore_initial_weights
 from simclr_tf2.config import Config
 from simclr_tf2.model import build_model
 
@@ -29,6 +29,7 @@ DETECTED_FLAGS = ('resnet_depth', 'width_multiplier', 'sk_ratio', 'se_ratio', 'i
                   'proj_head_mode', 'num_proj_layers', 'proj_out_dim', 'ft_proj_selector')
 RUN_CONFIG_FILE = 'config.json'  # written by train.py into every model_dir
 SAVED_MODEL_FILE = 'saved_model.pb'
+GLOBAL_STEP_KEY = 'global_step/.ATTRIBUTES/VARIABLE_VALUE'
 
 
 class LoadedModel(NamedTuple):
@@ -88,15 +89,23 @@ def load_model(source: str, *, config: Optional[Config] = None, strategy=None,
     base = (config or Config()).replace(**overrides)
     given = {f.name for f in Config.fields()} if config is not None else set(overrides)
   prefix = resolve_checkpoint(source)
+  shapes = read_shapes(prefix)
   try:
-    model_config, num_classes = config_for_checkpoint(read_shapes(prefix), base, given)
+    model_config, num_classes = config_for_checkpoint(shapes, base, given)
   except ValueError as error:
     if isinstance(error, CheckpointError):
       raise
     raise CheckpointError(f'checkpoint {prefix}: {error}') from None
   with scope:
     model = build_model(num_classes, model_config).create_variables()
-    _, global_step = restore_for_evaluation(model, prefix)
+    if GLOBAL_STEP_KEY in shapes:
+      _, global_step = restore_for_evaluation(model, prefix)
+    else:  # e.g. model-only exports of other tools: same strictness, step unknown
+      _, head_restored = restore_initial_weights(model, prefix)
+      if model.has_supervised_head and not head_restored:
+        raise CheckpointError(f'checkpoint {prefix}: its supervised head does not fit the model '
+                              f'({num_classes} classes)')
+      global_step = None
   return LoadedModel(model, model_config, prefix, global_step)
 
 
