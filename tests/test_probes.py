@@ -148,3 +148,31 @@ def test_config_knn_monitor_steps():
     Config(knn_monitor_steps=10, dataset='image_folder_unlabeled',
            lineareval_while_pretraining=False).validate()
   assert Config(knn_monitor_steps=10, dataset='digits').validate().knn_monitor_steps == 10
+
+
+def test_random_init_encoder_gets_batch_norm_statistics_from_the_data():
+  from simclr_tf2.ablation import random_init_encoder  # pylint: disable=import-outside-toplevel
+  size = 8
+  config = Config(resnet_depth=18, image_size=size, proj_out_dim=8)
+  source = get_source('digits', image_size=size)
+  model = random_init_encoder(config, source, 'train', batch_size=64, batches=60)
+  variables = {key.split('/.ATTRIBUTES')[0]: v for key, v in
+               probes_object_keys(model).items()}
+  stem = 'model/resnet_model/initial_conv_relu_max_pool/'
+  kernel = variables[stem + '0/conv2d/kernel']
+  moving_mean = variables[stem + '2/bn/moving_mean'].numpy()
+  # The first batch norm sees the stem convolution (3x3, stride 1, no bias) of the images; its
+  # moving mean must be the data's channel means (an average of batch means: within a few
+  # percent of their spread), not the initial zeros.
+  images = next(eval_images(source, 'train', size).batch(2000).as_numpy_iterator())[0]
+  conv = tf.nn.conv2d(images, kernel, 1, 'SAME').numpy()
+  data_mean, data_std = conv.mean(axis=(0, 1, 2)), conv.std(axis=(0, 1, 2))
+  tolerance = 0.05 * data_std.max()
+  assert np.abs(data_mean).max() > 3 * tolerance  # so the initial zeros would fail below
+  np.testing.assert_allclose(moving_mean, data_mean, atol=tolerance)
+  assert not model.has_supervised_head
+
+
+def probes_object_keys(model):
+  from simclr_tf2.checkpoint import object_keys  # pylint: disable=import-outside-toplevel
+  return object_keys(model=model)
