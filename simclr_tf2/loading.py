@@ -64,8 +64,8 @@ def load_model(source: str, *, config: Optional[Config] = None, strategy=None,
                **overrides) -> LoadedModel:
   """Restores the model of a model_dir, a checkpoint (prefix or directory) or a SavedModel.
 
-  - model_dir (has `config.json`): the run's Config (plus `config`/`overrides`), its latest
-    checkpoint.
+  - model_dir (has `config.json`): its latest checkpoint, built with the run's Config (or
+    `config` when given) plus `overrides`; nothing is detected.
   - checkpoint: architecture from `config` (all its fields count as given) and `overrides`
     (Config field names); anything not given is detected from the variable shapes, so official
     checkpoints load without flags.
@@ -79,15 +79,9 @@ def load_model(source: str, *, config: Optional[Config] = None, strategy=None,
     with scope:
       return _load_saved_model(source, config, overrides)
   run_config = os.path.join(source, RUN_CONFIG_FILE)
-  if tf.io.gfile.isdir(source) and tf.io.gfile.exists(run_config):
-    base = Config.from_json(run_config)
-    if config is not None:
-      base = config
-    base = base.replace(**overrides) if overrides else base
-    given = {f.name for f in Config.fields()}
-  else:
-    base = (config or Config()).replace(**overrides)
-    given = {f.name for f in Config.fields()} if config is not None else set(overrides)
+  if config is None and tf.io.gfile.isdir(source) and tf.io.gfile.exists(run_config):
+    config = Config.from_json(run_config)  # the run's own settings: nothing to detect
+  base, given = _base_and_given(config, overrides)
   prefix = resolve_checkpoint(source)
   shapes = read_shapes(prefix)
   try:
@@ -109,6 +103,14 @@ def load_model(source: str, *, config: Optional[Config] = None, strategy=None,
   return LoadedModel(model, model_config, prefix, global_step)
 
 
+def _base_and_given(config, overrides):
+  """The Config to start from and the names not to detect: all of an explicit config's fields,
+  else only the overridden ones."""
+  base = (config or Config()).replace(**overrides) if overrides else (config or Config())
+  given = {f.name for f in Config.fields()} if config is not None else set(overrides)
+  return base, given
+
+
 class SavedModelEncoder:
   """An exported SimCLR SavedModel behind the same `call_with_endpoints` as SimCLRModel."""
 
@@ -126,8 +128,7 @@ def _load_saved_model(path, config, overrides) -> LoadedModel:
   from simclr_tf2.export import load_saved_model, loaded_model_variables  # pylint: disable=import-outside-toplevel
   loaded = load_saved_model(path)
   shapes = {key: list(value.shape) for key, value in loaded_model_variables(loaded).items()}
-  base = (config or Config()).replace(**overrides)
-  given = {f.name for f in Config.fields()} if config is not None else set(overrides)
+  base, given = _base_and_given(config, overrides)
   try:
     model_config, _ = config_for_checkpoint(shapes, base, given)
   except ValueError as error:
