@@ -35,12 +35,14 @@ setup(
     extras_require={
         'torch': ['torch>=2.1', 'safetensors>=0.4'],
         'test': ['pytest>=7'],
+        'plots': ['matplotlib>=3.5'],  # PNG t-SNE / PCA / thumbnail maps of embeddings
     },
     entry_points={
         'console_scripts': [
             'simclr-tf2=simclr_tf2.run:run_main',
             'simclr-export-saved-model=checkpoints_conversion.export_saved_model:run_main',
             'simclr-convert-to-pytorch=checkpoints_conversion.convert_to_pytorch:run_main',
+            'simclr-tf2-embed=simclr_tf2.embed:run_main',
         ],
     },
 )

@@ -13,22 +13,16 @@ reveal --ft_proj_selector values other than 0 and -1: give it for such heads. Th
 strict and nothing is written on any error.
 """
 
-from typing import Dict
-
 from absl import flags
 
 from checkpoints_conversion import cli
-from checkpoints_conversion.detect import detect_architecture
 from simclr_tf2.checkpoint import read_shapes, resolve_checkpoint
 from simclr_tf2.checkpoint import restore_for_evaluation
 from simclr_tf2.config import Config
 from simclr_tf2.export import export_saved_model
 from simclr_tf2.flags import define_config_flags, explicitly_set
+from simclr_tf2.loading import DETECTED_FLAGS, config_for_checkpoint
 from simclr_tf2.model import build_model
-
-# Detected values that map 1:1 onto Config flags (`cifar_stem` follows from image_size).
-DETECTED_FLAGS = ('resnet_depth', 'width_multiplier', 'sk_ratio', 'se_ratio', 'image_size',
-                  'proj_head_mode', 'num_proj_layers', 'proj_out_dim', 'ft_proj_selector')
 
 
 def define_flags(flag_values):
@@ -37,32 +31,20 @@ def define_flags(flag_values):
                       'exists).', flag_values=flag_values)
 
 
-def _settings(detected: Dict, given: set) -> Dict:
-  """Config values taken from the checkpoint: every detected flag the user did not give."""
-  settings = {name: detected[name] for name in DETECTED_FLAGS if name not in given}
-  has_head = detected['num_classes'] is not None
-  if 'train_mode' not in given:
-    settings['train_mode'] = 'pretrain'
-  if 'lineareval_while_pretraining' not in given:
-    settings['lineareval_while_pretraining'] = has_head
-  return settings
-
-
 def export_checkpoint(flag_values) -> str:
   """Builds the model the flags and checkpoint describe, restores it strictly and exports it."""
   if not flag_values.export_dir:
     raise ValueError('--export_dir is required')
   prefix = resolve_checkpoint(flag_values.checkpoint)
-  detected = detect_architecture(read_shapes(prefix))
-  given = explicitly_set(flag_values)
   values = {f.name: flag_values[f.name].value for f in Config.fields()}
-  config = Config.from_kwargs(**{**values, **_settings(detected, given)}).validate()
-  model = build_model(detected['num_classes'], config).create_variables()
+  config, num_classes = config_for_checkpoint(read_shapes(prefix), Config.from_kwargs(**values),
+                                              explicitly_set(flag_values))
+  model = build_model(num_classes, config).create_variables()
   _, global_step = restore_for_evaluation(model, prefix)
   path = export_saved_model(model, flag_values.export_dir)
   architecture = ', '.join(f'{name}={getattr(config, name)}' for name in DETECTED_FLAGS)
   print(f'exported {prefix} (step {global_step}; {architecture}; '
-        f'classes={detected["num_classes"]}) to {path}')
+        f'classes={num_classes}) to {path}')
   return path
 
 

@@ -124,6 +124,10 @@ class Config:
   skip_corrupt_images: bool = _flag(
       True, 'Image folders: skip unreadable images with a counted warning instead of failing.',
       official=False)
+  knn_monitor_steps: int = _flag(
+      0, 'Every this many training steps, write the kNN top-1 accuracy of the encoder on the '
+      'labeled eval split (train split as memory bank) as the scalar knn/top_1_accuracy; '
+      '0 = off.', official=False)
 
   # ------------------------------------------------------------------------------------------
   @classmethod
@@ -180,7 +184,7 @@ class Config:
         _fail(name, getattr(self, name), 'must be >= 1')
     non_negative = ('train_epochs', 'train_steps', 'eval_steps', 'checkpoint_epochs',
                     'checkpoint_steps', 'warmup_epochs', 'weight_decay', 'sk_ratio', 'se_ratio',
-                    'num_proj_layers', 'learning_rate')
+                    'num_proj_layers', 'learning_rate', 'knn_monitor_steps')
     for name in non_negative:
       if getattr(self, name) < 0:
         _fail(name, getattr(self, name), 'must be >= 0')
@@ -211,6 +215,9 @@ class Config:
         self.train_mode == 'finetune' or self.lineareval_while_pretraining):
       _fail('dataset', self.dataset, 'has no labels: use train_mode=pretrain with '
             '--lineareval_while_pretraining=false')
+    if self.knn_monitor_steps and self.dataset == 'image_folder_unlabeled':
+      _fail('knn_monitor_steps', self.knn_monitor_steps, 'needs labels; dataset '
+            'image_folder_unlabeled has none')
     return self
 
   # --- derived quantities (as the official code computes them) -----------------------------------

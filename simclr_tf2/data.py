@@ -5,6 +5,8 @@ A *source* yields decoded examples `(image uint8 [H, W, 3], label int64)` of one
   source.num_classes
   source.num_examples(split)
   source.as_dataset(split, shuffle_files, input_context=None, seed=None)
+  source.class_names               label -> name
+  source.example_ids(split)        one string per example, in unshuffled as_dataset order
 
 `get_source` picks one of: a prepared TFDS dataset, `digits` (scikit-learn's embedded 8x8 digits,
 fully offline), `image_folder` (data_dir/<split>/<class>/<image>) or `image_folder_unlabeled`
@@ -83,6 +85,7 @@ class TfdsSource:
       raise ValueError(f'TFDS dataset {name!r} has no (image, label) supervised keys')
     label_key = info.supervised_keys[1]
     self.num_classes = info.features[label_key].num_classes
+    self.class_names = list(info.features[label_key].names)
 
   def _check_split(self, split):
     try:
@@ -92,6 +95,10 @@ class TfdsSource:
 
   def num_examples(self, split):
     return self._check_split(split).num_examples
+
+  def example_ids(self, split):
+    """TFDS slicing strings (`name:split[i]`): unshuffled reads are in a fixed order."""
+    return [f'{self.name}:{split}[{index}]' for index in range(self.num_examples(split))]
 
   def as_dataset(self, split, shuffle_files, input_context=None, seed=None):
     self._check_split(split)
@@ -114,6 +121,7 @@ class DigitsSource:
   """
 
   num_classes = 10
+  class_names = [str(digit) for digit in range(10)]
   SPLIT_ALIASES = {'train': 'train', 'test': 'test', 'validation': 'test'}
 
   def __init__(self, image_size=None):
@@ -135,6 +143,9 @@ class DigitsSource:
 
   def num_examples(self, split):
     return len(self._split(split)[1])
+
+  def example_ids(self, split):
+    return [f'digits:{split}[{index}]' for index in range(self.num_examples(split))]
 
   def as_dataset(self, split, shuffle_files, input_context=None, seed=None):
     images, labels = self._split(split)
@@ -278,6 +289,9 @@ class ImageFolderSource:
 
   def num_examples(self, split):
     return len(self._split(split)[0])
+
+  def example_ids(self, split):
+    return list(self._split(split)[0])  # the image paths
 
   def as_dataset(self, split, shuffle_files, input_context=None, seed=None):
     paths, labels = self._split(split)

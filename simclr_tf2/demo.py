@@ -54,7 +54,31 @@ def run_demo(model_dir=DEFAULT_MODEL_DIR, pretrain_epochs=None, linear_eval_epoc
     print(f'  {label:28s} {result["eval/label_top_1_accuracy"]:7.3f} '
           f'{result["eval/label_top_5_accuracy"]:7.3f}')
   print(f'Results: {os.path.join(model_dir, "demo_results.json")}')
+
+  # --- Representation scores (issue 12): kNN and linear probe on frozen features --------------
+  results['representation_scores'] = _representation_scores(pretrain, model_dir, strategy)
   return results
+
+
+def _representation_scores(pretrain, model_dir, strategy):
+  """Raw pixels vs random-init encoder (batch norm recalibrated on the data) vs pretrained
+  encoder; prints the table and where the t-SNE scatter and thumbnail map are."""
+  from simclr_tf2 import ablation  # pylint: disable=import-outside-toplevel
+  from simclr_tf2.data import get_source  # pylint: disable=import-outside-toplevel
+  from simclr_tf2.loading import load_model  # pylint: disable=import-outside-toplevel
+  output_dir = os.path.join(model_dir, 'embeddings')
+  result = ablation.representation_scores(
+      load_model(pretrain.model_dir, strategy=strategy),
+      get_source(pretrain.dataset, pretrain.data_dir, image_size=pretrain.image_size),
+      train_split=pretrain.train_split, test_split=pretrain.eval_split, output_dir=output_dir,
+      seed=pretrain.seed or 0, strategy=strategy)
+  print(f'\nFrozen features, {pretrain.train_split} -> {pretrain.eval_split} split (kNN k=200, '
+        'temperature 0.1; L2 logistic regression):')
+  print(ablation.format_table(result.scores))
+  for path in result.plots:
+    print(f'Plot: {path}')
+  print(f'Scores: {os.path.join(output_dir, "scores.json")}')
+  return result.scores
 
 
 def _parse_command_line(argv):

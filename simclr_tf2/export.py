@@ -129,6 +129,11 @@ def _is_function(obj) -> bool:
 def read_saved_model_variables(saved_model_dir: str) -> Dict[str, np.ndarray]:
   """Variable values of an export directory (this project's or the reference's), keyed like a
   training checkpoint: `model/resnet_model/.../kernel/.ATTRIBUTES/VARIABLE_VALUE`."""
+  return loaded_model_variables(load_saved_model(saved_model_dir))
+
+
+def load_saved_model(saved_model_dir: str):
+  """`tf.saved_model.load` of a SimCLR export, with one-line errors for anything else."""
   if not tf.io.gfile.exists(os.path.join(saved_model_dir, 'saved_model.pb')):
     raise CheckpointError(f'no SavedModel at {saved_model_dir} (saved_model.pb not found)')
   try:
@@ -138,7 +143,7 @@ def read_saved_model_variables(saved_model_dir: str) -> Dict[str, np.ndarray]:
     raise CheckpointError(f'cannot load SavedModel {saved_model_dir}: {first_line}') from None
   if not hasattr(loaded, 'model'):
     raise CheckpointError(f'{saved_model_dir} is not a SimCLR export (its root has no `model`)')
-  return loaded_model_variables(loaded)
+  return loaded
 
 
 def loaded_model_variables(loaded) -> Dict[str, np.ndarray]:

@@ -64,6 +64,17 @@ def _standard_normal(key, shape, rng):  # pylint: disable=unused-argument
   return rng.standard_normal(shape)
 
 
+def plausible_value(key, shape, rng):
+  """Values a trained network could have (positive BN scales and variances, fan-in-scaled
+  kernels), so a model restored from a golden tree stays finite in inference mode."""
+  leaf = key[:-len('/.ATTRIBUTES/VARIABLE_VALUE')].rsplit('/', 1)[-1]
+  if leaf in ('gamma', 'moving_variance'):
+    return rng.uniform(0.5, 1.5, shape)
+  if leaf == 'kernel':
+    return rng.standard_normal(shape) / np.sqrt(np.prod(shape[:-1]))
+  return rng.normal(0., 0.1, shape)
+
+
 def golden_model_tree(golden_keys, rng, draw=_standard_normal):
   """An object graph built only from golden `model/...` keys, holding random values.
 

@@ -1,0 +1,178 @@
+"""kNN and linear probes on hand-made feature sets, score files, the KnnMonitor callback."""
+
+import glob
+import math
+import types
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from simclr_tf2 import probes
+from simclr_tf2.config import Config
+from simclr_tf2.data import get_source
+from simclr_tf2.embed import eval_images
+from simclr_tf2.model import build_model
+
+NUM_CLASSES = 4
+TEST_COUNT = 400
+# Shuffled labels: predictions are independent of the (uniform) test labels, so accuracy ~
+# Binomial(400, 1/4) / 400: mean 0.25, sd sqrt(0.25 * 0.75 / 400) = 0.0217. +-5 sd is never
+# crossed by chance (the rng is seeded anyway) but catches any leak of the labels.
+CHANCE_LOW, CHANCE_HIGH = 0.25 - 5 * 0.0217, 0.25 + 5 * 0.0217
+
+
+def clusters(count_per_class, seed, spread=0.05, dims=8):
+  """Class c around 10 * e_c (orthogonal directions): cosine ~1 within a class, ~0 across."""
+  rng = np.random.default_rng(seed)
+  labels = np.repeat(np.arange(NUM_CLASSES), count_per_class)
+  features = 10. * np.eye(dims)[labels] + rng.normal(0., spread * 10., (len(labels), dims))
+  return features, labels
+
+
+def noise(count, seed, dims=16):
+  rng = np.random.default_rng(seed)
+  return rng.standard_normal((count, dims)), rng.integers(0, NUM_CLASSES, count)
+
+
+def test_knn_separable_classes_are_all_right():
+  train_x, train_y = clusters(30, seed=0)
+  test_x, test_y = clusters(TEST_COUNT // NUM_CLASSES, seed=1)
+  # k=200 exceeds the 120 training rows: all vote, but 30 x e^(~10) outweighs 90 x e^(~0).
+  assert probes.knn_accuracy(train_x, train_y, test_x, test_y) == 1.0
+
+
+def test_knn_shuffled_labels_are_at_chance():
+  train_x, train_y = noise(800, seed=2)
+  test_x, test_y = noise(TEST_COUNT, seed=3)
+  assert CHANCE_LOW < probes.knn_accuracy(train_x, train_y, test_x, test_y) < CHANCE_HIGH
+
+
+def test_knn_weights_by_cosine_and_temperature():
+  train_x = np.array([[1., 0.], [0., 1.], [2., 2.]])  # [2, 2]: only its direction counts
+  train_y = np.array([0, 1, 1])
+  query = np.array([[1., 0.1]])
+  # cos to the rows: 0.995, 0.0995, 0.774. With temperature 0.1 the nearest (class 0) weighs
+  # e^9.95 > e^7.74 + e^0.995; with temperature 100 the weights are ~1 and class 1 has 2 votes.
+  assert probes.knn_predict(train_x, train_y, query, k=3, temperature=0.1)[0] == 0
+  assert probes.knn_predict(train_x, train_y, query, k=3, temperature=100.)[0] == 1
+  # k=1 only asks the nearest row.
+  assert probes.knn_predict(train_x, train_y, np.array([[0.1, 1.]]), k=1)[0] == 1
+
+
+def test_knn_rejects_bad_arguments():
+  with pytest.raises(ValueError, match='k >= 1'):
+    probes.knn_predict(np.ones((2, 2)), np.array([0, 1]), np.ones((1, 2)), k=0)
+  with pytest.raises(ValueError, match='labels'):
+    probes.knn_accuracy(np.ones((2, 2)), np.array([0]), np.ones((1, 2)), np.array([0]))
+
+
+def test_linear_probe_separable_and_shuffled():
+  train_x, train_y = clusters(30, seed=4, spread=0.1)
+  test_x, test_y = clusters(TEST_COUNT // NUM_CLASSES, seed=5, spread=0.1)
+  result = probes.linear_probe(train_x, train_y, test_x, test_y)
+  assert result['top_1_accuracy'] == 1.0
+  assert result['C'] in probes.PROBE_C_GRID
+  train_x, train_y = noise(400, seed=6)
+  test_x, test_y = noise(TEST_COUNT, seed=7)
+  chance = probes.linear_probe(train_x, train_y, test_x, test_y)['top_1_accuracy']
+  assert CHANCE_LOW < chance < CHANCE_HIGH
+
+
+def test_linear_probe_needs_two_classes():
+  with pytest.raises(ValueError, match='single class'):
+    probes.linear_probe(np.ones((4, 2)), np.zeros(4), np.ones((2, 2)), np.zeros(2))
+
+
+def scalars(directory):
+  """{tag: [(step, value)]} from the event files in a directory."""
+  found = {}
+  for path in glob.glob(f'{directory}/events.out.tfevents.*'):
+    for record in tf.data.TFRecordDataset(path):
+      event = tf.compat.v1.Event.FromString(record.numpy())
+      for value in event.summary.value:
+        found.setdefault(value.tag, []).append(
+            (event.step, float(tf.make_ndarray(value.tensor))))
+  return found
+
+
+def test_write_scores_json_and_scalars(tmp_path):
+  path = probes.write_scores(str(tmp_path), {probes.KNN_SCALAR: 0.5, probes.PROBE_SCALAR: 0.75},
+                             step=12)
+  with open(path, encoding='utf-8') as f:
+    assert f.read().count('0.75') == 1
+  assert scalars(tmp_path) == {probes.KNN_SCALAR: [(12, 0.5)], probes.PROBE_SCALAR: [(12, 0.75)]}
+
+
+def test_knn_monitor_every_n_steps(tmp_path):
+  size, count = 16, 24
+  model = build_model(10, resnet_depth=18, image_size=size, proj_out_dim=8).create_variables()
+  source = get_source('digits', image_size=size)
+  writer = tf.summary.create_file_writer(str(tmp_path))
+  trainer = types.SimpleNamespace(task=types.SimpleNamespace(model=model, strategy=None),
+                                  summary_writer=writer)
+  monitor = probes.KnnMonitor(3, source, 'train', 'test', batch_size=16, k=5,
+                              max_train_examples=count, max_eval_examples=count)
+  logs = {}
+  monitor.on_train_begin(trainer)
+  for step in (1, 2, 4, 5):  # crosses a multiple of 3 once, at the block ending at step 4
+    monitor.on_block_end(trainer, step, logs)
+  monitor.on_train_end(trainer, 5)
+
+  def features(split):
+    images, labels = next(eval_images(source, split, size, count).batch(count)
+                          .as_numpy_iterator())
+    return model.call_with_endpoints(images)['final_avg_pool'].numpy(), labels
+
+  expected = probes.knn_accuracy(*features('train'), *features('test'), k=5)
+  assert [step for step, _ in monitor.history] == [4]
+  recorded = scalars(tmp_path)[probes.KNN_SCALAR]
+  assert recorded[0][0] == 4 and math.isclose(recorded[0][1], expected, abs_tol=1e-6)
+  assert logs[probes.KNN_SCALAR] == monitor.history[0][1]
+
+
+def test_knn_monitor_needs_labels_and_positive_period(tmp_path):
+  (tmp_path / 'train').mkdir()
+  unlabeled = get_source('image_folder_unlabeled', str(tmp_path))
+  with pytest.raises(ValueError, match='labeled'):
+    probes.KnnMonitor(1, unlabeled, 'train', 'train')
+  with pytest.raises(ValueError, match='every_n_steps'):
+    probes.KnnMonitor(0, get_source('digits'), 'train', 'test')
+
+
+def test_config_knn_monitor_steps():
+  assert Config().knn_monitor_steps == 0
+  with pytest.raises(ValueError, match='knn_monitor_steps'):
+    Config(knn_monitor_steps=-1).validate()
+  with pytest.raises(ValueError, match='knn_monitor_steps'):
+    Config(knn_monitor_steps=10, dataset='image_folder_unlabeled',
+           lineareval_while_pretraining=False).validate()
+  assert Config(knn_monitor_steps=10, dataset='digits').validate().knn_monitor_steps == 10
+
+
+def test_random_init_encoder_gets_batch_norm_statistics_from_the_data():
+  from simclr_tf2.ablation import random_init_encoder  # pylint: disable=import-outside-toplevel
+  size = 8
+  config = Config(resnet_depth=18, image_size=size, proj_out_dim=8)
+  source = get_source('digits', image_size=size)
+  model = random_init_encoder(config, source, 'train', batch_size=64, batches=60)
+  variables = {key.split('/.ATTRIBUTES')[0]: v for key, v in
+               probes_object_keys(model).items()}
+  stem = 'model/resnet_model/initial_conv_relu_max_pool/'
+  kernel = variables[stem + '0/conv2d/kernel']
+  moving_mean = variables[stem + '2/bn/moving_mean'].numpy()
+  # The first batch norm sees the stem convolution (3x3, stride 1, no bias) of the images; its
+  # moving mean must be the data's channel means (an average of batch means: within a few
+  # percent of their spread), not the initial zeros.
+  images = next(eval_images(source, 'train', size).batch(2000).as_numpy_iterator())[0]
+  conv = tf.nn.conv2d(images, kernel, 1, 'SAME').numpy()
+  data_mean, data_std = conv.mean(axis=(0, 1, 2)), conv.std(axis=(0, 1, 2))
+  tolerance = 0.05 * data_std.max()
+  assert np.abs(data_mean).max() > 3 * tolerance  # so the initial zeros would fail below
+  np.testing.assert_allclose(moving_mean, data_mean, atol=tolerance)
+  assert not model.has_supervised_head
+
+
+def probes_object_keys(model):
+  from simclr_tf2.checkpoint import object_keys  # pylint: disable=import-outside-toplevel
+  return object_keys(model=model)
