@@ -21,9 +21,7 @@ from simclr_tf2.resnet import NormSettings, Resnet
 ENDPOINT_NAMES = ('initial_conv', 'initial_max_pool', 'block_group1', 'block_group2',
                   'block_group3', 'block_group4', 'final_avg_pool', 'logits_sup',
                   'proj_head_input', 'proj_head_output')
-# SyncBatchNormalization is not a subclass of BatchNormalization in tf_keras.
-BATCH_NORM_CLASSES = (keras.layers.BatchNormalization,
-                      keras.layers.experimental.SyncBatchNormalization)
+BATCH_NORM_CLASSES = (keras.layers.BatchNormalization,)  # resnet.SyncBatchNormalization too
 
 
 def unused_projection_layers(config: Config):
