@@ -70,7 +70,7 @@ def test_progress_line_is_cut_to_the_terminal_width(monkeypatch):
   stream = Terminal()
   progress = console.Progress(10, 'pretrain', stream=stream, clock=FakeClock())
   progress.update(1)
-  assert stream.getvalue() == '\r' + 'pretrain  [##................'  # 30 = 31 - 1 chars
+  assert stream.getvalue() == '\r' + 'pretrain  [##' + '.' * 17  # 31 columns - 1
 
 
 def test_header_is_one_line_and_summary_lists_metrics_then_paths():
