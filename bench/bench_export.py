@@ -1,6 +1,7 @@
 """Time of the SavedModel export (simclr_tf2.export) and of its conversion to PyTorch.
 
     python bench/bench_export.py [--repeats=3] [--baseline_export=OLD/simclr_tf2/export.py]
+        [--mirrored] [--no_conversion]
 
 Models: ResNet-18 at 32 px (CIFAR stem, the demo's size class) and ResNet-50 at 64 px, both with a
 linear-eval head. Prints the median of `repeats` runs per case and the machine. With
@@ -72,16 +73,21 @@ def main():
   parser.add_argument('--baseline_export', default=None,
                       help='export.py of another commit, timed alongside the current one')
   parser.add_argument('--no_conversion', action='store_true', help='time the export only')
+  parser.add_argument('--mirrored', action='store_true',
+                      help='build the models in a MirroredStrategy scope, as training does')
   args = parser.parse_args()
 
   variants = [('current', export)]
   if args.baseline_export:
     variants.append(('baseline', load_module(args.baseline_export)))
+  # One strategy per process (separate Mirrored strategies share collective keys).
+  strategy = tf.distribute.MirroredStrategy() if args.mirrored else tf.distribute.get_strategy()
   root = tempfile.mkdtemp(prefix='simclr_bench_export_')
   rows = []
   try:
     for case, flags in CASES:
-      model = build_model(10, lineareval_while_pretraining=True, **flags).create_variables()
+      with strategy.scope():
+        model = build_model(10, lineareval_while_pretraining=True, **flags).create_variables()
       times = {(name, what): [] for name, _ in variants for what in ('export', 'convert')}
       for repeat in range(args.repeats):
         for name, module in variants:
@@ -99,7 +105,8 @@ def main():
     shutil.rmtree(root, ignore_errors=True)
 
   print(f'Machine: {machine()}')
-  print(f'Median of {args.repeats} runs, seconds:')
+  print(f'Median of {args.repeats} runs, seconds'
+        f'{" (models in a MirroredStrategy scope)" if args.mirrored else ""}:')
   print(f'  {"model":10s} {"code":9s} {"export":>7s} {"to PyTorch":>11s}')
   for case, name, export_time, convert_time in rows:
     converted = f'{convert_time:11.1f}' if convert_time is not None else f'{"-":>11s}'
