@@ -15,6 +15,7 @@ written on any error.
 """
 
 import os
+import time
 from typing import Dict
 
 from absl import flags
@@ -22,8 +23,7 @@ import numpy as np
 
 from checkpoints_conversion import cli, tf_to_torch
 from checkpoints_conversion.detect import detect_architecture
-from simclr_tf2.checkpoint import read_model_values, resolve_checkpoint
-from simclr_tf2.export import read_saved_model_variables
+from simclr_tf2 import console
 
 
 def define_flags(flag_values):
@@ -40,6 +40,9 @@ def define_flags(flag_values):
 
 def read_values(checkpoint: str = None, saved_model: str = None) -> Dict[str, np.ndarray]:
   """Model variable values keyed like a training checkpoint, from exactly one of the sources."""
+  # pylint: disable=import-outside-toplevel  (TensorFlow loads after the console is quiet)
+  from simclr_tf2.checkpoint import read_model_values, resolve_checkpoint
+  from simclr_tf2.export import read_saved_model_variables
   if bool(checkpoint) == bool(saved_model):
     raise ValueError('give exactly one of --checkpoint and --saved_model')
   if saved_model:
@@ -49,17 +52,22 @@ def read_values(checkpoint: str = None, saved_model: str = None) -> Dict[str, np
 
 def convert(flag_values) -> Dict:
   """Reads, converts and writes; returns the detected architecture."""
+  start = time.monotonic()
   output = flag_values.output
   if not output or os.path.splitext(output)[1] not in tf_to_torch.SAVE_FORMATS:
     raise ValueError(f'--output must end with one of {", ".join(tf_to_torch.SAVE_FORMATS)}, '
                      f'got {output!r}')
+  source = flag_values.checkpoint or flag_values.saved_model
+  console.print_header(f'simclr-convert-to-pytorch: {source} -> PyTorch', 'CPU', output)
   values = read_values(flag_values.checkpoint, flag_values.saved_model)
   architecture = detect_architecture({key: value.shape for key, value in values.items()})
   state_dict = tf_to_torch.checkpoint_to_state_dict(values, architecture)
   if flag_values.torchvision:
     state_dict = tf_to_torch.to_torchvision_resnet_state_dict(state_dict)
   tf_to_torch.save_state_dict(state_dict, output)
-  print(f'architecture: {architecture}\nwrote {len(state_dict)} tensors to {output}')
+  print(f'architecture: {architecture}')  # SimCLRTorch(**architecture) loads the output
+  console.print_summary({'tensors': len(state_dict)}, {'output': output},
+                        seconds=time.monotonic() - start)
   return architecture
 
 

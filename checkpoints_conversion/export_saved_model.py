@@ -13,16 +13,14 @@ reveal --ft_proj_selector values other than 0 and -1: give it for such heads. Th
 strict and nothing is written on any error.
 """
 
+import time
+
 from absl import flags
 
 from checkpoints_conversion import cli
-from simclr_tf2.checkpoint import read_shapes, resolve_checkpoint
-from simclr_tf2.checkpoint import restore_for_evaluation
+from simclr_tf2 import console
 from simclr_tf2.config import Config
-from simclr_tf2.export import export_saved_model
 from simclr_tf2.flags import define_config_flags, explicitly_set
-from simclr_tf2.loading import DETECTED_FLAGS, config_for_checkpoint
-from simclr_tf2.model import build_model
 
 
 def define_flags(flag_values):
@@ -33,8 +31,16 @@ def define_flags(flag_values):
 
 def export_checkpoint(flag_values) -> str:
   """Builds the model the flags and checkpoint describe, restores it strictly and exports it."""
+  # pylint: disable=import-outside-toplevel  (TensorFlow loads after the console is quiet)
+  from simclr_tf2.checkpoint import read_shapes, resolve_checkpoint, restore_for_evaluation
+  from simclr_tf2.export import export_saved_model
+  from simclr_tf2.loading import DETECTED_FLAGS, config_for_checkpoint
+  from simclr_tf2.model import build_model
+  start = time.monotonic()
   if not flag_values.export_dir:
     raise ValueError('--export_dir is required')
+  console.print_header(f'simclr-export-saved-model: {flag_values.checkpoint} -> SavedModel',
+                       console.device_names(), flag_values.export_dir)
   prefix = resolve_checkpoint(flag_values.checkpoint)
   values = {f.name: flag_values[f.name].value for f in Config.fields()}
   config, num_classes = config_for_checkpoint(read_shapes(prefix), Config.from_kwargs(**values),
@@ -42,9 +48,10 @@ def export_checkpoint(flag_values) -> str:
   model = build_model(num_classes, config).create_variables()
   _, global_step = restore_for_evaluation(model, prefix)
   path = export_saved_model(model, flag_values.export_dir)
-  architecture = ', '.join(f'{name}={getattr(config, name)}' for name in DETECTED_FLAGS)
-  print(f'exported {prefix} (step {global_step}; {architecture}; '
-        f'classes={num_classes}) to {path}')
+  console.print_summary(
+      {'step': global_step, **{name: getattr(config, name) for name in DETECTED_FLAGS},
+       'classes': num_classes},
+      {'checkpoint': prefix, 'saved_model': path}, seconds=time.monotonic() - start)
   return path
 
 

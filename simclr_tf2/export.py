@@ -2,7 +2,7 @@
 (docs/architecture-notes.md, "SavedModel layout"; Kn: docs/differences.md).
 
 Layout of an export (same as the reference, so existing consumers keep working):
-  root.model                      the Keras model
+  root.model                      the model's variables along its checkpoint paths (variable_tree)
   root.trainable_variables_list   model.trainable_variables at export time
   root(images, trainable)         dict of the endpoints (ENDPOINT_NAMES; `logits_sup` only when the
                                   model has a supervised head, K10), never blurred (K25)
@@ -18,9 +18,11 @@ from typing import Dict
 import numpy as np
 import tensorflow as tf
 
-from simclr_tf2.checkpoint import CheckpointError, object_keys
+from simclr_tf2.checkpoint import VALUE_SUFFIX, CheckpointError, object_keys
 
-IMAGES_SPEC = tf.TensorSpec([None, None, None, 3], tf.float32)
+# Named like __call__'s argument: SavedModel export asks for the concrete functions again by
+# their structured signature (which carries the argument name); an unnamed spec would retrace.
+IMAGES_SPEC = tf.TensorSpec([None, None, None, 3], tf.float32, name='inputs')
 SERVING_INPUT_NAME = 'images'
 SAVED_MODEL_SUBDIR = 'saved_model'
 
@@ -31,36 +33,66 @@ _GENERIC_CHILDREN = frozenset({
     'regularization_losses', 'signatures', 'trainable_variables_list'})
 
 
-class SimCLRExportModule(tf.Module):
-  """The exported root object. Call with a 3-channel batch and a Python bool `trainable`."""
+def variable_tree(model) -> tf.Module:
+  """Plain tf.Modules mirroring the model's checkpoint object graph: one attribute per edge
+  (`resnet_model`, `block_groups`, `0`, ..., `kernel`), the model's own variables at the leaves.
+
+  Saved in place of the Keras model, so SavedModel export does not go through Keras
+  serialisation (which traces every layer's call functions and takes most of the export time)
+  while the variables keep the training checkpoint's paths under `root.model`.
+  """
+  root = tf.Module()
+  reserved = set(dir(root))
+  for key, variable in object_keys(model=model).items():
+    *parents, leaf = key[:-len(VALUE_SUFFIX)].split('/')[1:]
+    node = root
+    for name in parents:
+      if name in reserved:
+        raise ValueError(f'checkpoint key {key} cannot be mirrored: {name!r} is a tf.Module '
+                         'attribute')
+      if not hasattr(node, name):
+        setattr(node, name, tf.Module())
+      node = getattr(node, name)
+    setattr(node, leaf, variable)
+  return root
+
+
+class _ExportModule(tf.Module):
+  """The exported root object. Call with a 3-channel batch and a Python bool `trainable`.
+
+  Only for `tf.saved_model.save`: SavedModel export retraces every concrete function inside its
+  save context (a separate tracing-cache key), so the traces made before saving only record the
+  two signatures and run no model (`_recording`); calling this object eagerly afterwards would
+  return those empty traces. Load the export instead.
+  """
 
   def __init__(self, model):
     super().__init__()
-    if not model.variables:  # variables created inside the trace would escape the list below
+    if not model.variables:  # variables created inside the trace would escape the tree below
       model.create_variables()
-    self.model = model
+    self.model = variable_tree(model)
     # `trainable_variables` is a read-only tf.Module property, hence the reference's name.
     self.trainable_variables_list = model.trainable_variables
+    # A bound method is not tracked: the Keras model itself is not serialised.
+    self._call_with_endpoints = model.call_with_endpoints
+    self._recording = True
+    for trainable in (True, False):
+      self.__call__.get_concrete_function(IMAGES_SPEC, trainable)
+    self._recording = False
 
   @tf.function
   def __call__(self, inputs, trainable):
+    if self._recording:
+      return {}
     # blur=False: an exported pretraining model called with trainable=True must not augment.
-    return self.model.call_with_endpoints(inputs, training=trainable, blur=False)
-
-
-def build_export_module(model) -> SimCLRExportModule:
-  """Export root with both `trainable` variants traced and a `serving_default` function."""
-  module = SimCLRExportModule(model)
-  for trainable in (True, False):
-    module.__call__.get_concrete_function(IMAGES_SPEC, trainable)
+    return self._call_with_endpoints(inputs, training=trainable, blur=False)
 
   @tf.function(input_signature=[tf.TensorSpec(IMAGES_SPEC.shape, IMAGES_SPEC.dtype,
                                               name=SERVING_INPUT_NAME)])
-  def serve(images):
-    return module(images, trainable=False)
-
-  module.serve = serve  # tracked, so it is saved with the module
-  return module
+  def serve(self, images):
+    """The `serving_default` signature: the trainable=False function under the input name
+    `images`. Called through the concrete function so the save traces it only once."""
+    return self.__call__.get_concrete_function(IMAGES_SPEC, False)(images)
 
 
 def export_saved_model(model, export_dir: str) -> str:
@@ -70,7 +102,7 @@ def export_saved_model(model, export_dir: str) -> str:
   filesystems readers therefore never see a partial export. (On object stores such as gs://,
   rename is a copy and not atomic.)
   """
-  module = build_export_module(model)
+  module = _ExportModule(model)
   export_dir = export_dir.rstrip('/')
   token = uuid.uuid4().hex[:8]
   staging, retired = f'{export_dir}.tmp-{token}', f'{export_dir}.old-{token}'

@@ -31,6 +31,15 @@ def frozen_training(training, frozen: bool, freeze_bn_stats: bool):
   return False if (frozen and freeze_bn_stats) else training
 
 
+class SyncBatchNormalization(keras.layers.BatchNormalization):
+  """`BatchNormalization(synchronized=True)` under the deprecated endpoint's class name, so Keras
+  still names the layers (and their variables) `sync_batch_normalization[_N]` as the reference
+  did; the computation is the same one, without the deprecation warning."""
+
+  def __init__(self, **kwargs):
+    super().__init__(synchronized=True, **kwargs)
+
+
 class BatchNormRelu(keras.layers.Layer):
   """BN (optionally cross-replica) followed by an optional ReLU. Attribute `bn` is a checkpoint key."""
 
@@ -38,8 +47,7 @@ class BatchNormRelu(keras.layers.Layer):
                **kwargs):
     super().__init__(**kwargs)
     self.relu = relu
-    bn_class = (keras.layers.experimental.SyncBatchNormalization if norm.synchronized
-                else keras.layers.BatchNormalization)
+    bn_class = SyncBatchNormalization if norm.synchronized else keras.layers.BatchNormalization
     extra = {} if norm.synchronized else {'fused': False}
     self.bn = bn_class(
         axis=-1, momentum=norm.decay, epsilon=BN_EPSILON, center=center, scale=scale,
