@@ -22,6 +22,7 @@ import numpy as np
 import tensorflow as tf
 
 from simclr_tf2 import augment
+from simclr_tf2.config import check_range
 
 logger = logging.getLogger(__name__)
 
@@ -285,7 +286,7 @@ def build_input_fn(source, global_batch_size, is_training, *, split, train_mode,
   """
   if train_mode not in TRAIN_MODES:
     raise ValueError(f'train_mode={train_mode!r} must be one of {", ".join(TRAIN_MODES)}')
-  augment.validate_color_jitter_strength(color_jitter_strength)
+  check_range('color_jitter_strength', color_jitter_strength)
   two_views = is_training and train_mode == 'pretrain'
   test_crop = image_size > 32
   num_classes = source.num_classes
