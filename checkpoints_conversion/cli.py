@@ -5,15 +5,10 @@ import sys
 from absl import app, flags
 import tensorflow as tf
 
-from simclr_tf2.checkpoint import CheckpointError
+from simclr_tf2.errors import SimCLRError, one_line
 
 # Errors reported as one `error: ...` line with exit code 1 (anything else is a bug: traceback).
-USER_ERRORS = (CheckpointError, ValueError, TypeError, OSError, tf.errors.OpError)
-
-
-def one_line(error: Exception) -> str:
-  return ' '.join(str(error).split())[:500] or type(error).__name__
-
+USER_ERRORS = (SimCLRError, ValueError, TypeError, OSError, tf.errors.OpError)
 
 def report_errors(action, flag_values) -> int:
   """Runs `action(flag_values)`; returns 0, or 1 after printing a one-line error."""

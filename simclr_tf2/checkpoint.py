@@ -13,15 +13,13 @@ from typing import Dict, List, Optional, Tuple
 
 import tensorflow as tf
 
+from simclr_tf2.errors import CheckpointError, one_line
+
 VALUE_SUFFIX = '/.ATTRIBUTES/VARIABLE_VALUE'
 SLOT_MARKER = '/.OPTIMIZER_SLOT/'
 SUPERVISED_HEAD_KEY = 'model/supervised_head/'
 ARCHITECTURE_FLAGS = ('resnet_depth', 'width_multiplier', 'sk_ratio', 'se_ratio', 'image_size',
                       'proj_head_mode', 'num_proj_layers', 'proj_out_dim')
-
-
-class CheckpointError(ValueError):
-  """A checkpoint is missing, unreadable or does not fit the model. The message is one line."""
 
 
 # A truncated data file surfaces as IndexError ("Read less bytes than requested") from TF's reader.
@@ -36,7 +34,7 @@ def reading(prefix):
   except CheckpointError:
     raise
   except _READ_ERRORS as error:
-    raise CheckpointError(f'cannot read checkpoint {prefix}: {_first_line(error)}') from None
+    raise CheckpointError(f'cannot read checkpoint {prefix}: {one_line(error)}') from None
 
 
 def resolve_checkpoint(path: str) -> str:
@@ -77,11 +75,6 @@ def read_model_values(prefix: str) -> Dict[str, object]:
     reader = tf.train.load_checkpoint(prefix)
     return {key: reader.get_tensor(key) for key in _file_model_shapes(
         reader.get_variable_to_shape_map())}
-
-
-def _first_line(error):
-  text = getattr(error, 'message', None) or str(error)
-  return text.strip().splitlines()[0] if text.strip() else type(error).__name__
 
 
 def object_keys(skip_child=None, **roots) -> Dict[str, tf.Variable]:

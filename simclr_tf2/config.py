@@ -12,6 +12,8 @@ import math
 import typing
 from typing import Any, Dict, Optional
 
+from simclr_tf2.errors import ConfigError
+
 RESNET_DEPTHS = (18, 34, 50, 101, 152, 200)
 MAX_COLOR_JITTER_STRENGTH = 1.25  # beyond it contrast/saturation lower bounds go negative (K24)
 
@@ -161,7 +163,7 @@ class Config:
 
   # --- validation -----------------------------------------------------------------------------
   def validate(self) -> 'Config':
-    """Raises ValueError with a one-line message for the first invalid value; returns self.
+    """Raises ConfigError (a ValueError) with a one-line message for the first invalid value.
 
     Types, NaN/inf, ranges and choices of every field, then the rules linking several fields.
     """
@@ -269,7 +271,7 @@ RANGES = {
 
 
 def check_range(name: str, value) -> None:
-  """One-line ValueError `--name=value: ...` unless `value` is finite and in RANGES[name].
+  """One-line ConfigError `--name=value: ...` unless `value` is finite and in RANGES[name].
 
   The single home of each field's range: Config.validate uses it, and so do library functions
   that take such a value without a Config (e.g. augment.preprocess_image).
@@ -305,4 +307,4 @@ _TYPE_NAMES = {bool: 'true or false', int: 'an integer', float: 'a number', str:
 
 
 def _fail(name, value, why):
-  raise ValueError(f'--{name}={value!r}: {why}')
+  raise ConfigError(f'--{name}={value!r}: {why}')

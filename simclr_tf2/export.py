@@ -17,7 +17,8 @@ from typing import Dict
 import numpy as np
 import tensorflow as tf
 
-from simclr_tf2.checkpoint import CheckpointError, object_keys
+from simclr_tf2.checkpoint import object_keys
+from simclr_tf2.errors import CheckpointError, one_line
 
 IMAGES_SPEC = tf.TensorSpec([None, None, None, 3], tf.float32)
 SERVING_INPUT_NAME = 'images'
@@ -133,8 +134,8 @@ def read_saved_model_variables(saved_model_dir: str) -> Dict[str, np.ndarray]:
   try:
     loaded = tf.saved_model.load(saved_model_dir)
   except (tf.errors.OpError, ValueError, OSError) as error:
-    first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
-    raise CheckpointError(f'cannot load SavedModel {saved_model_dir}: {first_line}') from None
+    raise CheckpointError(f'cannot load SavedModel {saved_model_dir}: {one_line(error)}'
+                          ) from None
   if not hasattr(loaded, 'model'):
     raise CheckpointError(f'{saved_model_dir} is not a SimCLR export (its root has no `model`)')
   return loaded_model_variables(loaded)
