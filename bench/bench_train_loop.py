@@ -3,7 +3,7 @@
     python bench/bench_train_loop.py [--resnet_depth=18] [--image_size=32] [--batch=64]
         [--steps=20] [--repeats=3]
 
-Both run the same Experiment (digits data, pretraining, LARS) in one process, interleaved
+Both run the same public Trainer (digits data, pretraining, LARS) in one process, interleaved
 `repeats` times so machine noise hits both alike; prints images/s per repeat, the median ratio
 and the process's peak resident memory. Nothing is asserted: read the ratio.
 """
@@ -22,10 +22,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import tensorflow as tf  # noqa: E402
 
 from simclr_tf2.config import Config  # noqa: E402
-from simclr_tf2.lars import build_optimizer  # noqa: E402
-from simclr_tf2.metrics import TrainMetrics  # noqa: E402
-from simclr_tf2.schedule import WarmUpAndCosineDecay  # noqa: E402
-from simclr_tf2.train import Experiment  # noqa: E402
+from simclr_tf2.data import get_source  # noqa: E402
+from simclr_tf2.task import SimCLRTask  # noqa: E402
+from simclr_tf2.train import Trainer, distributed_dataset  # noqa: E402
 
 
 def main():
@@ -41,20 +40,19 @@ def main():
                   image_size=args.image_size, train_batch_size=args.batch, use_blur=False,
                   train_steps=10 ** 6, checkpoint_steps=args.steps, seed=0, cache_dataset=True,
                   model_dir=tempfile.mkdtemp(prefix='simclr_bench_'))
-  experiment = Experiment(config, tf.distribute.get_strategy())
-  with experiment.strategy.scope():
-    optimizer = build_optimizer(config.optimizer, WarmUpAndCosineDecay.from_config(
-        config, experiment.num_train_examples), config.momentum, config.weight_decay)
-    metrics = TrainMetrics(config.train_mode, config.lineareval_while_pretraining)
-  loop = experiment._train_loop_function(optimizer, metrics)  # pylint: disable=protected-access
-  iterator = iter(experiment.distributed_dataset(is_training=True))
+  strategy = tf.distribute.get_strategy()
+  source = get_source(config.dataset, image_size=config.image_size)
+  task = SimCLRTask(config, source.num_classes, strategy)
+  optimizer = task.build_optimizer(source.num_examples(config.train_split))
+  trainer = Trainer(task, config.model_dir, callbacks=[])
+  iterator = iter(distributed_dataset(config, source, strategy, is_training=True))
 
   def in_graph_loop():
-    loop(iterator, tf.constant(args.steps))
+    trainer.train_blocks(iterator, args.steps)
 
   def one_call_per_step():  # baseline: Python drives every step
     for _ in range(args.steps):
-      loop(iterator, tf.constant(1))
+      trainer.train_blocks(iterator, 1)
 
   for warm_up in (in_graph_loop, one_call_per_step):
     warm_up()  # tracing and the data pipeline's start-up are not measured

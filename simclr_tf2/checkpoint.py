@@ -262,16 +262,17 @@ def check_finite(prefix: str, allow_non_finite: bool = False) -> None:
 def non_finite_names(variables) -> List[str]:
   """Names of the floating-point variables holding any NaN/inf value."""
   return [v.name for v in variables
-          if v.dtype.is_floating and not np.all(np.isfinite(v.numpy()))]
+          if v.dtype.is_floating and not bool(tf.reduce_all(tf.math.is_finite(v)))]
 
 
-def assert_all_finite(variables, step: int, last_good: Optional[str]) -> None:
+def assert_all_finite(variables, step: int, last_good: Optional[str], action: str = 'saved'
+                      ) -> None:
   """Before a save or export: TrainingError naming the step and the last good checkpoint."""
   bad = non_finite_names(variables)
   if bad:
     raise TrainingError(
         f'training diverged at step {step}: {len(bad)} of {len(variables)} variables hold NaN/inf '
-        f'(e.g. {", ".join(bad[:3])}); nothing was saved. The last good checkpoint '
+        f'(e.g. {", ".join(bad[:3])}); nothing was {action}. The last good checkpoint '
         f'({last_good or "none"}) is kept: lower --learning_rate or check the data')
 
 

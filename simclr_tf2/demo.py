@@ -45,7 +45,7 @@ def run_demo(model_dir=DEFAULT_MODEL_DIR, pretrain_epochs=None, linear_eval_epoc
     run_dir = os.path.join(model_dir, 'linear_eval_' + ('pretrained' if checkpoint else
                                                         'random_init'))
     results[label] = train.run(linear_eval.replace(checkpoint=checkpoint, model_dir=run_dir),
-                               strategy)
+                               strategy).metrics
   train.write_json(os.path.join(model_dir, 'demo_results.json'), results)
   print(f'\nLinear evaluation on the digits test split ({pretrain.resnet_depth}-layer ResNet, '
         f'{pretrain.image_size} px, {pretrain.train_epochs} pretraining epochs):')
@@ -81,5 +81,6 @@ def main(values):
 
 
 if __name__ == '__main__':
+  os.environ.setdefault('TF_USE_LEGACY_KERAS', '1')  # see README "Python API"
   logging.set_verbosity(logging.INFO)
   app.run(main, flags_parser=_parse_command_line)

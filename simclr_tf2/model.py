@@ -8,6 +8,7 @@ Python API (no absl needed)::
     endpoints = model.call_with_endpoints(images)    # the 10 SavedModel outputs, by name
 """
 
+import contextlib
 from typing import Dict, Optional
 
 import tensorflow as tf
@@ -68,15 +69,19 @@ class SimCLRModel(keras.Model):
   def has_supervised_head(self) -> bool:
     return hasattr(self, 'supervised_head')
 
-  def __call__(self, inputs, training, endpoints: Optional[Dict] = None, blur: bool = True):
-    return self.call(inputs, training=training, endpoints=endpoints, blur=blur)
+  def __call__(self, inputs, training, endpoints: Optional[Dict] = None, blur: bool = True,
+               blur_seed=None):
+    return self.call(inputs, training=training, endpoints=endpoints, blur=blur,
+                     blur_seed=blur_seed)
 
-  def call(self, inputs, training, endpoints: Optional[Dict] = None, blur: bool = True):
+  def call(self, inputs, training, endpoints: Optional[Dict] = None, blur: bool = True,
+           blur_seed=None):
     """Returns `(projection_output or None, supervised_logits or None)` like the reference.
 
     `inputs` is [B, H, W, 3 * views]; views are stacked along the batch axis. `blur=False`
     disables the pretraining blur regardless of mode (used by exports, K25). `endpoints`, if a
-    dict, receives the named intermediate tensors.
+    dict, receives the named intermediate tensors. `blur_seed` (int [2] tensor) makes the blur a
+    function of that seed (seeded runs resume exactly); None draws fresh randomness.
     """
     config = self.simclr_config
     pretrain = config.train_mode == 'pretrain'
@@ -88,7 +93,9 @@ class SimCLRModel(keras.Model):
       raise ValueError('the channel dimension of the input must be statically known')
     views = tf.split(inputs, channels // 3, axis=-1)
     if blur and config.use_blur and training and pretrain:
-      views = [random_blur(view, config.image_size) for view in views]
+      views = [random_blur(view, config.image_size, seed=None if blur_seed is None else
+                           tf.random.experimental.stateless_fold_in(blur_seed, index))
+               for index, view in enumerate(views)]
     features = tf.concat(views, 0)
 
     hiddens = self.resnet_model(features, training=training, endpoints=endpoints)
@@ -104,10 +111,12 @@ class SimCLRModel(keras.Model):
     return (None if not pretrain else projection), logits
 
   def call_with_endpoints(self, images, training: bool = False, blur: bool = False):
-    """The official SavedModel outputs for a 3-channel batch, in ENDPOINT_NAMES order."""
+    """The official SavedModel outputs for a 3-channel batch, in ENDPOINT_NAMES order, as
+    float32 whatever the compute precision."""
     endpoints = {}
     self.call(images, training=training, endpoints=endpoints, blur=blur)
-    return {name: endpoints[name] for name in ENDPOINT_NAMES if name in endpoints}
+    return {name: tf.cast(endpoints[name], tf.float32) for name in ENDPOINT_NAMES
+            if name in endpoints}
 
   def create_variables(self):
     """Creates every variable with one inference pass on a dummy batch.
@@ -127,7 +136,23 @@ def build_model(num_classes: Optional[int] = None, config: Optional[Config] = No
   if flag_values:
     config = config.replace(**flag_values)
   config.validate()
-  return SimCLRModel(num_classes, config)
+  with compute_precision(config.precision):
+    return SimCLRModel(num_classes, config)
+
+
+@contextlib.contextmanager
+def compute_precision(precision: str):
+  """Keras layers take the global dtype policy when constructed: set it for this block only.
+
+  'mixed_*' layers keep float32 variables (read as 16-bit inside their calls); batch norm
+  computes its statistics in float32 either way.
+  """
+  previous = keras.mixed_precision.global_policy()
+  keras.mixed_precision.set_global_policy(precision)
+  try:
+    yield
+  finally:
+    keras.mixed_precision.set_global_policy(previous)
 
 
 def decay_excluded_variables(model: SimCLRModel):

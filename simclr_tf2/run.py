@@ -17,9 +17,8 @@ config_flags.define_config_flags()
 FLAGS = flags.FLAGS
 
 
-def _write_flags_json(model_dir):
+def _flag_values_json():
   """All flag values (absl's own included) that JSON can hold, like the reference's flags.json."""
-  from simclr_tf2.train import write_json  # pylint: disable=import-outside-toplevel
   values = {}
   for name in FLAGS:
     value = FLAGS[name].value
@@ -28,10 +27,11 @@ def _write_flags_json(model_dir):
     except (TypeError, ValueError):
       continue
     values[name] = value
-  write_json(os.path.join(model_dir, 'flags.json'), values)
+  return values
 
 
-def main(argv):
+def main(argv, strategy=None):
+  """Runs the parsed flags' mode; returns the exit code. `strategy`: see train.run."""
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
   try:
@@ -39,23 +39,26 @@ def main(argv):
   except ValueError as error:
     print(f'error: {error}', file=sys.stderr)
     return 1
+  if not config.model_dir:
+    print('error: --model_dir is required', file=sys.stderr)
+    return 1
   # Imported after flag validation so a bad flag fails fast, before TensorFlow loads.
   from simclr_tf2 import train  # pylint: disable=import-outside-toplevel
+  from simclr_tf2.errors import SimCLRError, one_line  # pylint: disable=import-outside-toplevel
   std_logging.getLogger('tensorflow').setLevel(std_logging.WARNING)  # keep progress readable
   try:
-    if config.model_dir:
-      _write_flags_json(config.model_dir)
-    result = train.run(config)
-  except (ValueError, train.TrainingError) as error:
-    print(f'error: {str(error).splitlines()[0]}', file=sys.stderr)
+    result = train.run(config, strategy, flag_values=_flag_values_json())
+  except (ValueError, SimCLRError) as error:
+    print(f'error: {one_line(error)}', file=sys.stderr)
     return 1
-  if result:
-    print(json.dumps(result, indent=2, sort_keys=True))
+  if result.metrics:
+    print(json.dumps(result.metrics, indent=2, sort_keys=True))
   return 0
 
 
 def run_main():
   """Console-script entry point (`simclr-tf2`)."""
+  os.environ.setdefault('TF_USE_LEGACY_KERAS', '1')  # see README "Python API"
   logging.set_verbosity(logging.INFO)
   app.run(main)
 

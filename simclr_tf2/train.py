@@ -1,46 +1,65 @@
-"""Training and evaluation under tf.distribute (spec training.md), with the reference's semantics
-and its defects fixed: exact stop at train_steps (K8), steps_per_loop >= 1 (K21), strict restores
-(K15/K27), working eval mode (K9), export after every evaluation (K10), NaN guard, progress logs.
+"""Training and evaluation under tf.distribute, with the reference's semantics and its defects
+fixed: exact stop at train_steps (K8), steps_per_loop >= 1 (K21), strict restores (K15/K27), a
+working eval mode (K9), an export after every evaluation (K10), a divergence guard. K-numbers:
+docs/differences.md.
+
+Public pieces, from low to high level:
+  build_strategy(config)        the strategy run() uses when the caller passes none
+  Trainer(task, model_dir)      the loop around a SimCLRTask: restore, blocks, callbacks, save
+  Evaluator(task, model_dir)    evaluates checkpoints with the task's eval_step, writes results
+  run(config, strategy) -> RunResult   what the `simclr-tf2` command does for one --mode
 """
 
+import dataclasses
 import json
 import logging
-import math
 import os
 import time
-from typing import Optional
+from typing import Callable, Iterable, Optional, Sequence
 
 import tensorflow as tf
 import tf_keras as keras
 
 from simclr_tf2 import checkpoint as ckpt_lib
+from simclr_tf2 import model_dir as model_dir_lib
+from simclr_tf2.callbacks import (Callback, CheckpointSaver, DivergenceGuard, ProgressLogger,
+                                  ScalarSummaries, format_metrics)
 from simclr_tf2.config import Config
 from simclr_tf2.data import build_distributed_dataset, get_source
-from simclr_tf2.lars import build_optimizer
-from simclr_tf2.metrics import EvalMetrics, TrainMetrics
-from simclr_tf2.model import SimCLRModel, build_model
-from simclr_tf2.objective import contrastive_loss, supervised_loss, weight_decay_loss
-from simclr_tf2.schedule import WarmUpAndCosineDecay
+from simclr_tf2.errors import ConfigError, TrainingError, one_line, os_errors
+from simclr_tf2.task import SimCLRTask
 
 EVAL_POLL_SECONDS = 15
+EVAL_SUBDIR = 'eval'  # mode=eval's summaries: a reader writes nothing the training run owns
 _STRATEGIES = {}  # build_strategy's per-process strategies, by kind
-
-
-class TrainingError(RuntimeError):
-  """Training cannot go on (e.g. the loss became NaN); checkpoints written so far are kept."""
 
 
 def write_json(path, value):
   """Writes JSON atomically: readers never see a half-written file."""
-  tf.io.gfile.makedirs(os.path.dirname(path) or '.')
   temporary = f'{path}.tmp-{os.getpid()}'
-  with tf.io.gfile.GFile(temporary, 'w') as f:
-    json.dump(value, f, indent=2, sort_keys=True)
-  tf.io.gfile.rename(temporary, path, overwrite=True)
+  with os_errors('write', path):
+    tf.io.gfile.makedirs(os.path.dirname(path) or '.')
+    with tf.io.gfile.GFile(temporary, 'w') as f:
+      json.dump(value, f, indent=2, sort_keys=True)
+    tf.io.gfile.rename(temporary, path, overwrite=True)
+
+
+def strategy_kind(config: Config, tf_config: Optional[str]) -> str:
+  """'tpu', 'multi_worker' (a TF_CONFIG cluster of several workers) or 'mirrored'."""
+  if config.use_tpu:
+    return 'tpu'
+  cluster = json.loads(tf_config or '{}').get('cluster', {})
+  multi_worker = len(cluster.get('worker', [])) + len(cluster.get('chief', [])) > 1
+  return 'multi_worker' if multi_worker else 'mirrored'
 
 
 def build_strategy(config: Config):
-  """TPUStrategy, MultiWorkerMirroredStrategy (TF_CONFIG with several workers) or Mirrored."""
+  """TPUStrategy, MultiWorkerMirroredStrategy (TF_CONFIG with several workers) or Mirrored.
+
+  One Mirrored strategy per process: a second one reuses the first one's collective instance
+  keys and its all-reduces (sync BN) then fail, e.g. on a second run() in a notebook. Pass your
+  own strategy to run() / SimCLRTask to use another one.
+  """
   if config.use_tpu:
     try:
       resolver = tf.distribute.cluster_resolver.TPUClusterResolver(
@@ -48,18 +67,14 @@ def build_strategy(config: Config):
       tf.config.experimental_connect_to_cluster(resolver)
       topology = tf.tpu.experimental.initialize_tpu_system(resolver)
     except (ValueError, RuntimeError, OSError, tf.errors.OpError) as error:
-      raise TrainingError(f'no TPU reachable ({str(error).strip().splitlines()[0]}); '
+      raise TrainingError(f'no TPU reachable ({one_line(error)}); '
                           'pass --use_tpu=false to train on GPUs or the CPU') from None
     logging.info('TPU topology: %d tasks, %d TPUs per task', topology.num_tasks,
                  topology.num_tpus_per_task)
     return tf.distribute.TPUStrategy(resolver)
-  cluster = json.loads(os.environ.get('TF_CONFIG', '{}')).get('cluster', {})
-  multi_worker = len(cluster.get('worker', [])) + len(cluster.get('chief', [])) > 1
-  kind = 'multi_worker' if multi_worker else 'mirrored'
-  # One strategy per process: a second Mirrored strategy reuses the first one's collective
-  # instance keys and its all-reduces (sync BN) then fail, e.g. on a second run() in a notebook.
+  kind = strategy_kind(config, os.environ.get('TF_CONFIG'))
   if kind not in _STRATEGIES:
-    _STRATEGIES[kind] = (tf.distribute.MultiWorkerMirroredStrategy() if multi_worker
+    _STRATEGIES[kind] = (tf.distribute.MultiWorkerMirroredStrategy() if kind == 'multi_worker'
                          else tf.distribute.MirroredStrategy())
   strategy = _STRATEGIES[kind]
   logging.info('Running on %d replica(s) with %s', strategy.num_replicas_in_sync,
@@ -67,260 +82,395 @@ def build_strategy(config: Config):
   return strategy
 
 
-class Experiment:
-  """One model_dir: dataset, model, and the train / evaluate operations of run.py."""
+def distributed_dataset(config: Config, source, strategy, is_training: bool, start_step: int = 0):
+  """The per-replica training (augmented, repeated) or evaluation pipeline of a config.
 
-  def __init__(self, config: Config, strategy=None):
-    self.config = config.validate()
-    if not config.model_dir:
-      raise ValueError('--model_dir is required')
-    if config.seed is not None:
-      keras.utils.set_random_seed(config.seed)
-    self.source = get_source(config.dataset, config.data_dir, config.skip_corrupt_images,
-                             config.image_size)
-    self.num_train_examples = self.source.num_examples(config.train_split)
-    self.train_steps = config.total_train_steps(self.num_train_examples)
-    self.steps_per_loop = config.steps_per_loop(self.num_train_examples)
-    logging.info('# train examples: %d, # train steps: %d, steps per loop: %d',
-                 self.num_train_examples, self.train_steps, self.steps_per_loop)
-    warmup = config.warmup_steps(self.num_train_examples)
-    if warmup >= self.train_steps and config.mode != 'eval':
-      logging.warning('Warm-up (%d steps) does not end before training does (%d steps): the '
-                      'learning rate never reaches its peak (K22).', warmup, self.train_steps)
-    self.strategy = strategy or build_strategy(config)
-    with self.strategy.scope():
-      self.model: SimCLRModel = build_model(self.source.num_classes, config)
-      self.model.create_variables()
-    tf.io.gfile.makedirs(config.model_dir)
+  `start_step`: the global step training resumes from; with a seed the stream then continues
+  exactly where the interrupted run was (data.build_input_fn).
+  """
+  return build_distributed_dataset(
+      source, config.train_batch_size if is_training else config.eval_batch_size,
+      is_training, strategy,
+      split=config.train_split if is_training else config.eval_split,
+      train_mode=config.train_mode, image_size=config.image_size,
+      color_jitter_strength=config.color_jitter_strength if is_training else 0.,
+      cache_dataset=config.cache_dataset, seed=config.seed,
+      start_step=start_step if is_training else 0)
 
-  def distributed_dataset(self, is_training: bool):
-    """The per-replica training (augmented, repeated) or evaluation pipeline of this config."""
-    config = self.config
-    return build_distributed_dataset(
-        self.source, config.train_batch_size if is_training else config.eval_batch_size,
-        is_training, self.strategy,
-        split=config.train_split if is_training else config.eval_split,
-        train_mode=config.train_mode, image_size=config.image_size,
-        color_jitter_strength=config.color_jitter_strength if is_training else 0.,
-        cache_dataset=config.cache_dataset, seed=config.seed)
 
-  # --- training --------------------------------------------------------------------------------
-  def train(self):
-    """Trains to exactly `train_steps`, resuming from model_dir's latest checkpoint if any."""
-    config, strategy, model = self.config, self.strategy, self.model
-    write_json(os.path.join(config.model_dir, 'config.json'), config.to_dict())
-    dataset = self.distributed_dataset(is_training=True)
-    with strategy.scope():
-      schedule = WarmUpAndCosineDecay.from_config(config, self.num_train_examples)
-      optimizer = build_optimizer(config.optimizer, schedule, config.momentum,
-                                  config.weight_decay)
-      metrics = TrainMetrics(config.train_mode, config.lineareval_while_pretraining)
-      # Reading `iterations` here also creates the legacy optimizer's step counter in the
-      # strategy scope; created lazily inside the distributed step it would fail.
-      checkpoint = tf.train.Checkpoint(model=model, global_step=optimizer.iterations,
-                                       optimizer=optimizer)
-      manager = tf.train.CheckpointManager(checkpoint, config.model_dir,
-                                           max_to_keep=config.keep_checkpoint_max)
-      self._restore_or_initialise(checkpoint, manager)
+def default_callbacks(config: Config) -> list:
+  """Guard first (nothing non-finite is saved), then checkpoint, summaries and progress."""
+  return [DivergenceGuard(), CheckpointSaver(), ScalarSummaries(),
+          ProgressLogger(config.train_batch_size)]
 
-    train_loop = self._train_loop_function(optimizer, metrics)
-    summary_writer = tf.summary.create_file_writer(config.model_dir)
-    iterator = iter(dataset)
-    step = int(optimizer.iterations.numpy())
-    start_step = step
-    start_time = time.time()
-    while step < self.train_steps:
-      block = min(self.steps_per_loop, self.train_steps - step)  # no overshoot (K8)
-      block_start = time.time()
-      with summary_writer.as_default():
-        train_loop(iterator, tf.constant(block, tf.int32))
-      step = int(optimizer.iterations.numpy())
-      results = metrics.results()
-      if not all(math.isfinite(v) for v in results.values()):
-        raise TrainingError(
-            f'loss is not finite at step {step} ({_format(results)}); not saving this state. '
-            f'The last checkpoint ({manager.latest_checkpoint or "none"}) is kept: lower '
-            '--learning_rate or check the data')
-      manager.save(checkpoint_number=step)
-      learning_rate = float(schedule(step))  # schedule at the global step (training.md §3.2)
-      self._log_progress(step, block, time.time() - block_start, step - start_step,
-                         time.time() - start_time, learning_rate, results)
-      with summary_writer.as_default():
-        for tag, value in results.items():
-          tf.summary.scalar(tag, value, step=step)
-        tf.summary.scalar('learning_rate', learning_rate, step=step)
-      summary_writer.flush()
-      metrics.reset()
-    logging.info('Training complete: step %d of %d.', step, self.train_steps)
-    return manager.latest_checkpoint
 
-  def _restore_or_initialise(self, checkpoint, manager):
-    config, model = self.config, self.model
-    if manager.latest_checkpoint:  # resume: model, step and optimizer state
-      ckpt_lib.restore_training_state(checkpoint, model, manager.latest_checkpoint)
-      logging.info('Resumed from %s', manager.latest_checkpoint)
-    elif config.checkpoint:  # fresh start from other weights: the model only
-      prefix, _ = ckpt_lib.restore_initial_weights(model, config.checkpoint)
+# --- training ------------------------------------------------------------------------------------
+
+class Trainer:
+  """Runs a SimCLRTask's train_step in blocks of steps inside one tf.function per block.
+
+  Owns the checkpoints of `model_dir` (`ckpt-<step>`, official layout) and its summary writer.
+  `fit()` resumes from the newest checkpoint of model_dir, else initialises the model from
+  `config.checkpoint` (when set), then trains to exactly `train_steps`.
+  """
+
+  def __init__(self, task: SimCLRTask, model_dir: str,
+               callbacks: Optional[Sequence[Callback]] = None):
+    if task.optimizer is None:
+      raise ValueError('call task.build_optimizer(num_train_examples) before Trainer(task, ...)')
+    self.task = task
+    self.model_dir = model_dir
+    self.callbacks = list(default_callbacks(task.config) if callbacks is None else callbacks)
+    self.train_steps = None
+    tf.io.gfile.makedirs(model_dir)
+    with task.strategy.scope():
+      self.checkpoint = task.checkpoint()
+      self.checkpoint_manager = tf.train.CheckpointManager(
+          self.checkpoint, model_dir, max_to_keep=task.config.keep_checkpoint_max)
+    self._summary_writer = None
+    self._restored = False
+    self._train_loop = None
+    self._steps_per_loop = 1
+
+  @property
+  def summary_writer(self):
+    """The TensorBoard writer of model_dir, created on first use (a failed restore leaves no
+    event file behind)."""
+    if self._summary_writer is None:
+      self._summary_writer = tf.summary.create_file_writer(self.model_dir)
+    return self._summary_writer
+
+  @property
+  def step(self) -> int:
+    return int(self.task.global_step.numpy())
+
+  @property
+  def latest_checkpoint(self) -> Optional[str]:
+    return self.checkpoint_manager.latest_checkpoint
+
+  def restore(self) -> Optional[str]:
+    """Resumes model, step and optimizer from model_dir, else loads `config.checkpoint` into
+    the model only (zeroing the supervised head if asked). Returns the path used, or None."""
+    self._restored = True
+    config, model = self.task.config, self.task.model
+    with self.task.strategy.scope():
+      if self.latest_checkpoint:
+        ckpt_lib.check_optimizer_matches(self.latest_checkpoint, config.optimizer)
+        ckpt_lib.restore_training_state(self.checkpoint, model, self.latest_checkpoint,
+                                        config.allow_non_finite_checkpoint)
+        logging.info('Resumed from %s', self.latest_checkpoint)
+        return self.latest_checkpoint
+      if not config.checkpoint:
+        return None
+      prefix, _ = ckpt_lib.restore_initial_weights(model, config.checkpoint,
+                                                   config.allow_non_finite_checkpoint)
       logging.info('Initialised the model from %s', prefix)
-      if config.zero_init_logits_layer and model.has_supervised_head:
+      if config.zero_init_logits_layer and model.has_supervised_head:  # K5
         for variable in model.supervised_head.trainable_weights:
           variable.assign(tf.zeros_like(variable))
         logging.info('Zero-initialised the supervised head.')
+      return prefix
 
-  def _train_loop_function(self, optimizer, metrics):
-    config, strategy, model = self.config, self.strategy, self.model
-    steps_per_loop = self.steps_per_loop
-    pretrain = config.train_mode == 'pretrain'
+  def save_checkpoint(self, step: int) -> str:
+    """Saves ckpt-<step>; refuses (TrainingError) variables holding NaN/inf: the last update
+    of a block can diverge after the block's losses were computed."""
+    ckpt_lib.assert_all_finite(self.task.model.variables, step, self.latest_checkpoint)
+    with os_errors('save checkpoint', os.path.join(self.model_dir, f'ckpt-{step}')):
+      return self.checkpoint_manager.save(checkpoint_number=step)
 
-    def single_step(images, labels):
-      with tf.GradientTape() as tape:
-        should_record = tf.equal((optimizer.iterations + 1) % steps_per_loop, 0)
-        with tf.summary.record_if(should_record):
-          tf.summary.image('image', images[:, :, :, :3], step=optimizer.iterations + 1)
-        projection, logits = model(images, training=True)
-        loss = tf.constant(0.)
-        if projection is not None:
-          con_loss, logits_con, labels_con = contrastive_loss(
-              projection, hidden_norm=config.hidden_norm, temperature=config.temperature,
-              strategy=strategy)
-          loss += con_loss
-          metrics.update_contrastive(con_loss, logits_con, labels_con)
-        if logits is not None:
-          if pretrain:  # the linear-eval head classifies both views
-            labels = tf.concat([labels, labels], 0)
-          sup_loss = supervised_loss(labels, logits)
-          loss += sup_loss
-          metrics.update_supervised(sup_loss, labels, logits)
-        decay = weight_decay_loss(model.trainable_variables, config.optimizer,
-                                  config.weight_decay)
-        loss += decay
-        metrics.update_total(decay, loss)
-        loss /= strategy.num_replicas_in_sync  # gradients are summed across replicas
-      gradients = tape.gradient(loss, model.trainable_variables)
-      optimizer.apply_gradients(zip(gradients, model.trainable_variables))
+  def train_blocks(self, iterator, num_steps: int) -> None:
+    """Runs `num_steps` training steps on `iterator` in one call of the compiled loop."""
+    if self._train_loop is None:
+      self._train_loop = self._build_train_loop()
+    with self.summary_writer.as_default():
+      self._train_loop(iterator, tf.constant(num_steps, tf.int32))
+
+  def fit(self, dataset, train_steps: int, steps_per_loop: int) -> Optional[str]:
+    """Trains to exactly `train_steps` (no overshoot, K8); callbacks run after every block of
+    `steps_per_loop` steps. Returns the latest checkpoint."""
+    if steps_per_loop < 1:
+      raise ValueError(f'steps_per_loop must be >= 1, got {steps_per_loop}')
+    self.train_steps = train_steps
+    if steps_per_loop != self._steps_per_loop:  # the compiled loop's image-summary period
+      self._steps_per_loop, self._train_loop = steps_per_loop, None
+    if not self._restored:
+      self.restore()
+    task = self.task
+    iterator = iter(dataset)
+    step = self.step
+    for callback in self.callbacks:
+      callback.on_train_begin(self)
+    while step < train_steps:
+      self.train_blocks(iterator, min(steps_per_loop, train_steps - step))
+      step = self.step
+      logs = task.train_metrics.results()
+      # The schedule at the global step, i.e. the rate of the next update (as the reference).
+      logs['learning_rate'] = float(task.schedule(step))
+      for callback in self.callbacks:
+        callback.on_block_end(self, step, logs)
+      task.train_metrics.reset()
+    for callback in self.callbacks:
+      callback.on_train_end(self, step)
+    logging.info('Training complete: step %d of %d.', step, train_steps)
+    return self.latest_checkpoint
+
+  def _build_train_loop(self):
+    task, strategy = self.task, self.task.strategy
+    steps_per_loop = self._steps_per_loop
+
+    def step_with_image_summary(images, labels):
+      # The first view of the block's last batch, like the reference's image summary.
+      with tf.summary.record_if(tf.equal((task.global_step + 1) % steps_per_loop, 0)):
+        tf.summary.image('image', images[:, :, :, :3], step=task.global_step + 1)
+      task.train_step(images, labels)
 
     @tf.function
     def train_loop(iterator, num_steps):
       for _ in tf.range(num_steps):
         with tf.name_scope(''):  # keep `while/` out of names of any variable created here
           images, labels = next(iterator)
-          strategy.run(single_step, (images, labels))
+          strategy.run(step_with_image_summary, (images, labels))
 
     return train_loop
 
-  def _log_progress(self, step, block, block_seconds, steps_done, seconds, learning_rate,
-                    results):
-    images_per_second = block * self.config.train_batch_size / max(block_seconds, 1e-9)
-    eta = (self.train_steps - step) * seconds / max(steps_done, 1)
-    logging.info('step %d/%d  %s  lr %.4g  %.1f images/s  ETA %s', step, self.train_steps,
-                 _format(results), learning_rate, images_per_second, _duration(eta))
 
-  # --- evaluation ------------------------------------------------------------------------------
-  @property
-  def can_evaluate(self):
-    return self.model.has_supervised_head
+# --- evaluation ----------------------------------------------------------------------------------
 
-  def evaluate(self, checkpoint_path: str) -> Optional[dict]:
-    """Top-1/top-5 of the supervised head on the eval split; writes results and a SavedModel."""
-    config, strategy, model = self.config, self.strategy, self.model
-    if not self.can_evaluate:
-      logging.info('Nothing to evaluate: pretraining without a linear-eval head. Exporting only.')
-      self.export(checkpoint_path)
-      return None
-    num_eval_examples = self.source.num_examples(config.eval_split)
-    eval_steps = config.total_eval_steps(num_eval_examples)
-    dataset = self.distributed_dataset(is_training=False)
-    with strategy.scope():
-      metrics = EvalMetrics()
-      prefix, global_step = ckpt_lib.restore_for_evaluation(model, checkpoint_path)
-    logging.info('Evaluating %s (step %d) on %d steps', prefix, global_step, eval_steps)
+class Evaluator:
+  """Evaluates checkpoints with the task's eval_step; writes summaries, result JSON files and
+  (optionally) a SavedModel of every evaluated checkpoint."""
 
-    def eval_step(images, labels):
-      _, logits = model(images, training=False)
-      metrics.update(labels, logits, weight_decay_loss(model.trainable_variables,
-                                                       config.optimizer, config.weight_decay))
+  def __init__(self, task: SimCLRTask, model_dir: str, dataset_fn: Callable[[], Iterable],
+               eval_steps: int, export: bool = True, summary_dir: Optional[str] = None):
+    if not task.can_evaluate:
+      raise ValueError('nothing to evaluate: the model has no supervised head (use '
+                       'train_mode=finetune or --lineareval_while_pretraining=true)')
+    self.task = task
+    self.model_dir = model_dir
+    self.dataset_fn = dataset_fn
+    self.eval_steps = eval_steps
+    self.export = export
+    self.summary_dir = summary_dir or model_dir
+    self.saved_model = None
+    self.evaluated = []  # checkpoint prefixes evaluated, in order
+    self.skipped = []  # (prefix, reason) of checkpoints that could not be evaluated
+    strategy = task.strategy
 
     @tf.function
-    def run_eval_step(iterator):
-      strategy.run(eval_step, next(iterator))
+    def eval_one_batch(iterator):
+      strategy.run(task.eval_step, next(iterator))
 
-    iterator = iter(dataset)
-    for index in range(eval_steps):
+    self._eval_one_batch = eval_one_batch
+
+  def evaluate(self, checkpoint_path: str) -> dict:
+    """Top-1/top-5 of the supervised head on `eval_steps` batches of the eval split."""
+    task = self.task
+    with task.strategy.scope():
+      prefix, global_step = ckpt_lib.restore_for_evaluation(
+          task.model, checkpoint_path, task.config.allow_non_finite_checkpoint)
+    logging.info('Evaluating %s (step %d) on %d steps', prefix, global_step, self.eval_steps)
+    task.eval_metrics.reset()
+    iterator = iter(self.dataset_fn())
+    for index in range(self.eval_steps):
       try:
-        run_eval_step(iterator)
+        self._eval_one_batch(iterator)
       except tf.errors.OutOfRangeError:
-        logging.warning('Eval split exhausted after %d of %d steps.', index, eval_steps)
+        logging.warning('Eval split exhausted after %d of %d steps.', index, self.eval_steps)
         break
-    result = metrics.results()
-    summary_writer = tf.summary.create_file_writer(config.model_dir)
+    result = task.eval_metrics.results()
+    summary_writer = tf.summary.create_file_writer(self.summary_dir)
     with summary_writer.as_default():
       for tag, value in result.items():
         tf.summary.scalar(tag, value, step=global_step)
     summary_writer.flush()
     result['global_step'] = float(global_step)  # a float, like the reference (K28)
-    logging.info('Evaluation at step %d: %s', global_step, _format(result))
-    write_json(os.path.join(config.model_dir, f'result_{global_step}.json'), result)
-    write_json(os.path.join(config.model_dir, 'result.json'), result)
-    self._export(global_step)
+    logging.info('Evaluation at step %d: %s', global_step, format_metrics(result))
+    write_json(os.path.join(self.model_dir, f'result_{global_step}.json'), result)
+    write_json(os.path.join(self.model_dir, 'result.json'), result)
+    if self.export:
+      self.saved_model = export_model(task, self.model_dir, global_step)
     return result
 
-  def export(self, checkpoint_path):
-    """Exports the SavedModel of a checkpoint (model_dir/saved_model/<step>)."""
-    _, global_step = ckpt_lib.restore_for_evaluation(self.model, checkpoint_path)
-    self._export(global_step)
+  def evaluate_continuously(self, train_steps: int, timeout: Optional[float],
+                            poll_seconds: float = EVAL_POLL_SECONDS) -> Optional[dict]:
+    """mode=eval: evaluates every checkpoint that exists or appears, oldest first, until one
+    reaches train_steps or none appears for `timeout` seconds (K9 fixed).
 
-  def _export(self, global_step):
-    from simclr_tf2.export import export_for_step  # pylint: disable=import-outside-toplevel
-    path = export_for_step(self.model, self.config.model_dir, global_step,
-                           self.config.keep_hub_module_max)
-    logging.info('Exported SavedModel to %s', path)
-
-  def evaluate_continuously(self):
-    """mode=eval: evaluates each new checkpoint until one reaches train_steps (K9 fixed)."""
-    for path in tf.train.checkpoints_iterator(self.config.model_dir,
-                                              min_interval_secs=EVAL_POLL_SECONDS,
-                                              timeout=self.config.eval_timeout):
-      try:
-        result = self.evaluate(path)
-      except (tf.errors.NotFoundError, ckpt_lib.CheckpointError) as error:
-        if tf.io.gfile.exists(path + '.index'):
-          raise
-        logging.warning('Checkpoint %s vanished before evaluation (%s); skipping.', path,
-                        type(error).__name__)
+    Checkpoints deleted (keep_checkpoint_max) before their turn are skipped and listed.
+    """
+    result, last_step, waited = None, -1, 0.
+    while True:
+      pending = [(step, prefix) for step, prefix in _numbered_checkpoints(self.model_dir)
+                 if step > last_step]
+      if not pending:
+        if timeout is not None and waited >= timeout:
+          logging.warning('No new checkpoint within --eval_timeout=%s s; stopping.', timeout)
+          break
+        time.sleep(poll_seconds)
+        waited += poll_seconds
         continue
-      step = int(result['global_step']) if result else _step_of(path)
-      if step >= self.train_steps:
-        logging.info('Eval complete: step %d >= train_steps %d.', step, self.train_steps)
-        return result
-    logging.warning('No new checkpoint within --eval_timeout=%s s; stopping.',
-                    self.config.eval_timeout)
-    return None
+      waited = 0.
+      for step, prefix in pending:
+        last_step = step
+        try:
+          result = self.evaluate(prefix)
+        except (tf.errors.NotFoundError, ckpt_lib.CheckpointError) as error:
+          if tf.io.gfile.exists(prefix + '.index'):
+            raise
+          logging.warning('Checkpoint %s was deleted before evaluation (%s, e.g. by '
+                          '--keep_checkpoint_max of the training run); skipping it.', prefix,
+                          type(error).__name__)
+          self.skipped.append((prefix, 'deleted before evaluation'))
+          continue
+        self.evaluated.append(prefix)
+        if step >= train_steps:
+          logging.info('Eval complete: step %d >= train_steps %d.', step, train_steps)
+          self._log_summary()
+          return result
+    self._log_summary()
+    return result
+
+  def _log_summary(self):
+    logging.info('Evaluated %d checkpoint(s)%s.', len(self.evaluated),
+                 f'; skipped {", ".join(os.path.basename(p) for p, _ in self.skipped)} (deleted '
+                 'before evaluation)' if self.skipped else '')
 
 
-def _step_of(path):
-  return int(path.rsplit('-', 1)[-1])
+def _numbered_checkpoints(model_dir: str):
+  """[(step, prefix)] of the `ckpt-<step>` checkpoints in model_dir, by step."""
+  found = []
+  for index_file in tf.io.gfile.glob(os.path.join(model_dir, 'ckpt-*.index')):
+    name = os.path.basename(index_file)[:-len('.index')]
+    if name[len('ckpt-'):].isdigit():
+      found.append((int(name[len('ckpt-'):]), index_file[:-len('.index')]))
+  return sorted(found)
 
 
-def _format(values):
-  return ', '.join(f'{name} {value:.4g}' for name, value in values.items())
+def export_model(task: SimCLRTask, model_dir: str, global_step: int) -> str:
+  """The task's model as SavedModel model_dir/saved_model/<global_step>."""
+  from simclr_tf2.export import export_for_step  # pylint: disable=import-outside-toplevel
+  ckpt_lib.assert_all_finite(task.model.variables, global_step, None, 'exported')
+  with os_errors('export SavedModel to', os.path.join(model_dir, 'saved_model', str(global_step))):
+    path = export_for_step(task.model, model_dir, global_step, task.config.keep_hub_module_max)
+  logging.info('Exported SavedModel to %s', path)
+  return path
 
 
-def _duration(seconds):
-  minutes, seconds = divmod(int(seconds), 60)
-  hours, minutes = divmod(minutes, 60)
-  return f'{hours}:{minutes:02d}:{seconds:02d}'
+# --- one run -------------------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class RunResult:
+  """What run() produced: the last evaluation's metrics (None when nothing was evaluated), the
+  last checkpoint and the SavedModel exported from it."""
+  model_dir: str
+  metrics: Optional[dict] = None
+  checkpoint: Optional[str] = None
+  saved_model: Optional[str] = None
 
 
-def run(config: Config, strategy=None) -> Optional[dict]:
-  """Runs `config.mode` and returns the last evaluation result (None if none)."""
-  experiment = Experiment(config, strategy)
+def _check_before_writing(config: Config, source) -> int:
+  """Everything knowable before anything is written; returns the number of training examples.
+
+  The splits the mode uses exist and are non-empty, model_dir is (or can become) a writable
+  directory, its checkpoint state file parses, and a `--checkpoint` to start from exists.
+  """
+  if not config.model_dir:
+    raise ConfigError('--model_dir is required')
+  model_dir_lib.check_model_dir(config.model_dir)
+  num_train_examples = source.num_examples(config.train_split)
+  if config.mode != 'train':  # also read at the start of train_then_eval, not after training
+    source.num_examples(config.eval_split)
+  if num_train_examples == 0:
+    raise ValueError(f'--train_split={config.train_split} has no examples')
+  state = model_dir_lib.read_checkpoint_state(config.model_dir)
+  if state is None and config.checkpoint and config.mode != 'eval':
+    ckpt_lib.resolve_checkpoint(config.checkpoint)
+  if state is not None and config.mode != 'eval':
+    ckpt_lib.check_optimizer_matches(state.latest, config.optimizer)
+  return num_train_examples
+
+
+def run(config: Config, strategy: Optional[tf.distribute.Strategy] = None,
+        callbacks: Optional[Sequence[Callback]] = None,
+        flag_values: Optional[dict] = None) -> RunResult:
+  """Runs `config.mode` (train, eval, train_then_eval) in `config.model_dir`.
+
+  `strategy`: the tf.distribute strategy to run under (default: build_strategy(config)).
+  `callbacks`: the Trainer's callbacks (default: default_callbacks(config)).
+  `flag_values`: the command line's flags, written as flags.json (eval_flags.json for mode=eval).
+
+  Everything knowable is checked before anything is written. Training (train, train_then_eval)
+  holds the model_dir's writer lock and removes leftovers of interrupted saves at start-up and
+  after a failure; mode=eval is a reader: it takes no lock and writes its summaries to
+  model_dir/eval.
+  """
+  config.validate()
+  if config.seed is not None:
+    keras.utils.set_random_seed(config.seed)
+  source = get_source(config.dataset, config.data_dir, config.skip_corrupt_images,
+                      config.image_size)
+  num_train_examples = _check_before_writing(config, source)
+  train_steps = config.total_train_steps(num_train_examples)
+  strategy = strategy or build_strategy(config)
+  task = SimCLRTask(config, source.num_classes, strategy)
+  if config.mode == 'eval' and not task.can_evaluate:
+    raise ValueError('mode=eval needs a supervised head: use train_mode=finetune or '
+                     '--lineareval_while_pretraining=true')
+  result = RunResult(model_dir=config.model_dir)
+
+  def evaluator(summary_dir=None):
+    eval_steps = config.total_eval_steps(source.num_examples(config.eval_split))
+    return Evaluator(task, config.model_dir,
+                     lambda: distributed_dataset(config, source, strategy, is_training=False),
+                     eval_steps, summary_dir=summary_dir)
+
   if config.mode == 'eval':
-    if not experiment.can_evaluate:
-      raise ValueError('mode=eval needs a supervised head: use train_mode=finetune or '
-                       '--lineareval_while_pretraining=true')
-    return experiment.evaluate_continuously()
-  latest = experiment.train()
-  if config.mode == 'train_then_eval':
-    return experiment.evaluate(latest)
-  experiment.export(latest)  # the reference only exported after evaluations (K10, upstream #134)
-  return None
+    if flag_values is not None:
+      write_json(os.path.join(config.model_dir, 'eval_flags.json'), flag_values)
+    evaluation = evaluator(os.path.join(config.model_dir, EVAL_SUBDIR))
+    result.metrics = evaluation.evaluate_continuously(train_steps, config.eval_timeout)
+    result.saved_model = evaluation.saved_model
+    return result
+
+  created = not tf.io.gfile.exists(config.model_dir)
+  model_dir_lib.prepare_model_dir(config.model_dir)
+  try:
+    with model_dir_lib.ModelDirLock(config.model_dir):
+      model_dir_lib.remove_stale_temporaries(config.model_dir)
+      try:
+        _train(config, source, strategy, task, callbacks, flag_values, num_train_examples,
+               train_steps, result, evaluator)
+      except BaseException:
+        model_dir_lib.remove_stale_temporaries(config.model_dir)
+        raise
+  except BaseException:
+    if created and not tf.io.gfile.listdir(config.model_dir):
+      tf.io.gfile.rmtree(config.model_dir)  # a run that failed before writing leaves nothing
+    raise
+  return result
+
+
+def _train(config, source, strategy, task, callbacks, flag_values, num_train_examples,
+           train_steps, result, evaluator):
+  """The writer's part of run(): restore, write settings, train, then evaluate or export."""
+  steps_per_loop = config.steps_per_loop(num_train_examples)
+  logging.info('# train examples: %d, # train steps: %d, steps per loop: %d',
+               num_train_examples, train_steps, steps_per_loop)
+  if config.warmup_steps(num_train_examples) >= train_steps:
+    logging.warning('Warm-up does not end before training does (%d steps): the learning rate '
+                    'never reaches its peak (K22).', train_steps)
+  task.build_optimizer(num_train_examples)
+  trainer = Trainer(task, config.model_dir, callbacks)
+  trainer.restore()  # before writing anything: a checkpoint that does not fit is an error
+  if flag_values is not None:
+    write_json(os.path.join(config.model_dir, 'flags.json'), flag_values)
+  write_json(os.path.join(config.model_dir, 'config.json'), config.to_dict())
+  dataset = distributed_dataset(config, source, strategy, is_training=True,
+                                start_step=trainer.step)
+  result.checkpoint = trainer.fit(dataset, train_steps, steps_per_loop)
+  if config.mode == 'train_then_eval' and task.can_evaluate:
+    evaluation = evaluator()
+    result.metrics = evaluation.evaluate(result.checkpoint)
+    result.saved_model = evaluation.saved_model
+  else:  # the reference exported only after evaluations (K10)
+    result.saved_model = export_model(task, config.model_dir, trainer.step)

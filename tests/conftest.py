@@ -32,3 +32,7 @@ def two_replica_strategy():
   # One strategy per process: separate MirroredStrategy objects reuse collective instance keys,
   # and the runtime then mixes up their all-reduces.
   return tf.distribute.MirroredStrategy(devices=TWO_CPUS)
+
+
+def pytest_configure(config):
+  config.addinivalue_line('markers', 'slow: takes more than a few seconds (deselect with -m "not slow")')

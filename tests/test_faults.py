@@ -349,3 +349,65 @@ def test_resuming_with_another_optimizer_is_a_one_line_error(tmp_path):
           f'checkpoint {prefix} holds the state of --optimizer={saved}, not --optimizer={other}: '
           f'resume with --optimizer={saved}, or start a new --model_dir with '
           f'--checkpoint={prefix} to train its weights with {other}')
+
+
+# --- 2. exact resume after SIGKILL, end to end ----------------------------------------------------
+
+RUN_SCRIPT = '''
+import os, signal, sys
+from simclr_tf2 import train
+from simclr_tf2.callbacks import Callback
+from simclr_tf2.config import Config
+
+class KillAfterCheckpoint(Callback):
+  """SIGKILL right after the checkpoint of a given step was written (no clean-up can run)."""
+  def __init__(self, step):
+    self.step = step
+  def on_block_end(self, trainer, step, logs):
+    if step == self.step:
+      os.kill(os.getpid(), signal.SIGKILL)
+
+config = Config.from_kwargs(**eval(sys.argv[1]))
+kill_at = int(sys.argv[2])
+callbacks = train.default_callbacks(config) + ([KillAfterCheckpoint(kill_at)] if kill_at else [])
+train.run(config, callbacks=callbacks)
+'''
+RESUME_SETTINGS = dict(dataset='digits', resnet_depth=18, image_size=8, train_batch_size=16,
+                       checkpoint_steps=2, train_steps=6, use_tpu=False, seed=3, mode='train',
+                       keep_checkpoint_max=10)
+
+
+def _run_in_subprocess(settings, kill_at=0):
+  """train.run in a fresh process (one CPU device: one replica); returns the exit status."""
+  env = dict(os.environ, CUDA_VISIBLE_DEVICES='', TF_CPP_MIN_LOG_LEVEL='3')
+  return subprocess.run([sys.executable, '-c', RUN_SCRIPT, repr(settings), str(kill_at)],
+                        cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+
+
+def _tensors(prefix):
+  reader = tf.train.load_checkpoint(prefix)
+  return {key: reader.get_tensor(key) for key in reader.get_variable_to_shape_map()
+          if key != '_CHECKPOINTABLE_OBJECT_GRAPH' and not key.startswith('save_counter')}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('mode_settings', [
+    dict(train_mode='pretrain', use_blur=True),  # two augmented views and the in-model blur
+    dict(train_mode='finetune'),
+], ids=['pretrain', 'finetune'])
+def test_run_killed_after_a_checkpoint_resumes_bit_identical(tmp_path, mode_settings):
+  settings = dict(RESUME_SETTINGS, **mode_settings)
+  reference_dir, resumed_dir = tmp_path / 'uninterrupted', tmp_path / 'killed'
+  done = _run_in_subprocess(dict(settings, model_dir=str(reference_dir)))
+  assert done.returncode == 0, done.stderr[-2000:]
+  killed = _run_in_subprocess(dict(settings, model_dir=str(resumed_dir)), kill_at=4)
+  assert killed.returncode == -signal.SIGKILL
+  assert (resumed_dir / md.LOCK_FILE_NAME).exists()  # left by the killed run
+  assert not (resumed_dir / 'ckpt-6.index').exists()
+  resumed = _run_in_subprocess(dict(settings, model_dir=str(resumed_dir)))
+  assert resumed.returncode == 0, resumed.stderr[-2000:]
+  expected, actual = _tensors(str(reference_dir / 'ckpt-6')), _tensors(str(resumed_dir / 'ckpt-6'))
+  assert sorted(actual) == sorted(expected)
+  for key, value in expected.items():
+    np.testing.assert_array_equal(actual[key], value, err_msg=key)
+  assert not (resumed_dir / md.LOCK_FILE_NAME).exists()

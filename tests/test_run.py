@@ -25,9 +25,7 @@ from simclr_tf2 import run
 from simclr_tf2 import train as train_lib
 from simclr_tf2.checkpoint import object_keys
 from simclr_tf2.config import Config
-from simclr_tf2.lars import build_optimizer
-from simclr_tf2.metrics import TrainMetrics
-from simclr_tf2.schedule import WarmUpAndCosineDecay
+from simclr_tf2.task import SimCLRTask
 
 FLAGS = flags.FLAGS
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -56,24 +54,16 @@ EVAL_SCALARS = ('eval/regularization_loss', 'eval/label_top_1_accuracy',
 
 # --- helpers ---------------------------------------------------------------------------------
 
-@pytest.fixture(scope='module', autouse=True)
-def separate_collective_keys():
-  """run.main's 1-device MirroredStrategy (built once per process by train.build_strategy) and
-  conftest's two-replica one share this process: give the former its own collective key range,
-  or their sync-BN all-reduces collide ("Shape mismatch in the collective instance")."""
-  with pytest.MonkeyPatch.context() as patch:
-    patch.setattr(tf.distribute.MirroredStrategy, '_collective_key_base', 10_000)
-    train_lib.build_strategy(Config(use_tpu=False))  # cached: later runs reuse this one
-
-
 def run_main(args):
-  """Parses `args` like the command line and calls run.main; returns (exit code, stdout, stderr)."""
+  """Parses `args` like the command line and calls run.main under the default (one-device)
+  strategy; returns (exit code, stdout, stderr). The command line's own MirroredStrategy would
+  share collective keys with conftest's two-replica strategy in this process."""
   out, err = io.StringIO(), io.StringIO()
   FLAGS.unparse_flags()
   try:
     FLAGS(['run'] + list(args))
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-      code = run.main(['run'])
+      code = run.main(['run'], strategy=tf.distribute.get_strategy())
   finally:
     FLAGS.unparse_flags()
   return code, out.getvalue(), err.getvalue()
@@ -247,14 +237,11 @@ def test_restore_from_checkpoint_zeroes_head_only_with_flag(pretrain_run, tmp_pa
                   train_steps=3, checkpoint_steps=2, use_tpu=False, use_blur=False, seed=0,
                   train_mode='finetune', fine_tune_after_block=4, checkpoint=pretrain_dir,
                   zero_init_logits_layer=zero_init, model_dir=str(tmp_path))
-  strategy = tf.distribute.get_strategy()
-  experiment = train_lib.Experiment(config, strategy)
-  with strategy.scope():
-    checkpoint = tf.train.Checkpoint(model=experiment.model)
-    manager = tf.train.CheckpointManager(checkpoint, str(tmp_path), max_to_keep=1)
-    experiment._restore_or_initialise(checkpoint, manager)  # pylint: disable=protected-access
+  task = SimCLRTask(config, num_classes=10)
+  task.build_optimizer(NUM_TRAIN)
+  assert train_lib.Trainer(task, str(tmp_path)).restore() == os.path.join(pretrain_dir, 'ckpt-3')
   file = tf.train.load_checkpoint(os.path.join(pretrain_dir, 'ckpt-3'))
-  model = {key: variable.numpy() for key, variable in object_keys(model=experiment.model).items()}
+  model = {key: variable.numpy() for key, variable in object_keys(model=task.model).items()}
   assert np.abs(file.get_tensor(HEAD_KERNEL)).max() > 1e-3  # the file's head is not zero
   if zero_init:
     np.testing.assert_array_equal(model[HEAD_KERNEL], 0.)
@@ -267,21 +254,21 @@ def test_restore_from_checkpoint_zeroes_head_only_with_flag(pretrain_run, tmp_pa
 
 # --- 2. two replicas == one device ------------------------------------------------------------
 
-def _step_once(experiment, images, labels):
-  """One step of Experiment's training loop on a fixed global batch; returns (metrics, weights)."""
-  config, strategy = experiment.config, experiment.strategy
-  with strategy.scope():  # as Experiment.train does
-    schedule = WarmUpAndCosineDecay.from_config(config, experiment.num_train_examples)
-    optimizer = build_optimizer(config.optimizer, schedule, config.momentum, config.weight_decay)
-    metrics = TrainMetrics(config.train_mode, config.lineareval_while_pretraining)
-    # train() creates the step variable here (Checkpoint(global_step=optimizer.iterations)); the
-    # legacy LARS optimizer would otherwise create it inside the distributed tf.function.
-    assert int(optimizer.iterations.numpy()) == 0
-  loop = experiment._train_loop_function(optimizer, metrics)  # pylint: disable=protected-access
+def _step_once(task, images, labels):
+  """One train_step of the task on a fixed global batch, driven as a user's own loop would;
+  returns (metrics, weights)."""
+  strategy = task.strategy
+  task.build_optimizer(NUM_TRAIN)
+  assert int(task.global_step.numpy()) == 0
+
+  @tf.function
+  def train_one_step(iterator):
+    strategy.run(task.train_step, next(iterator))
+
   dataset = tf.data.Dataset.from_tensor_slices((images, labels)).batch(len(images)).repeat()
-  loop(iter(strategy.experimental_distribute_dataset(dataset)), tf.constant(1, tf.int32))
-  assert int(optimizer.iterations.numpy()) == 1
-  return metrics.results(), experiment.model.get_weights()
+  train_one_step(iter(strategy.experimental_distribute_dataset(dataset)))
+  assert int(task.global_step.numpy()) == 1
+  return task.train_metrics.results(), task.model.get_weights()
 
 
 def test_two_replicas_match_one_device_on_a_fixed_batch(two_replica_strategy, tmp_path):
@@ -294,8 +281,8 @@ def test_two_replicas_match_one_device_on_a_fixed_batch(two_replica_strategy, tm
   rng = np.random.default_rng(0)
   images = rng.uniform(size=[16, 8, 8, 6]).astype(np.float32)
   labels = np.eye(10, dtype=np.float32)[rng.integers(0, 10, 16)]
-  one_device = train_lib.Experiment(config, tf.distribute.get_strategy())
-  two_devices = train_lib.Experiment(config, two_replica_strategy)
+  one_device = SimCLRTask(config, num_classes=10)
+  two_devices = SimCLRTask(config, num_classes=10, strategy=two_replica_strategy)
   assert two_devices.strategy.num_replicas_in_sync == 2
   initial = one_device.model.get_weights()
   two_devices.model.set_weights(initial)

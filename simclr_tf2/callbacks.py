@@ -1,0 +1,92 @@
+"""Hooks the Trainer calls around its loop: divergence guard, checkpoints, summaries, progress.
+
+A callback sees the trainer (its task, model_dir, summary writer, checkpoints) and, after every
+block of `steps_per_loop` steps, the global step and the block's metrics. `Trainer` runs the
+callbacks in list order, so a guard placed before the checkpoint saver stops a bad state from
+being saved. Subclass `Callback` for your own (e.g. early stopping, a custom monitor).
+"""
+
+import logging
+import math
+import time
+
+import tensorflow as tf
+
+from simclr_tf2.errors import TrainingError
+
+
+class Callback:
+  """Does nothing; override what you need."""
+
+  def on_train_begin(self, trainer):
+    """Before the first block, after the state was restored (trainer.step is the start)."""
+
+  def on_block_end(self, trainer, step: int, logs: dict):
+    """After each block; `logs` = {metric tag: float} of the block, and `learning_rate`."""
+
+  def on_train_end(self, trainer, step: int):
+    """After the last block (train_steps reached)."""
+
+
+class DivergenceGuard(Callback):
+  """Stops training when a metric (a loss) is not finite, before anything saves that state.
+  (Trainer.save_checkpoint itself refuses non-finite variables.)"""
+
+  def on_block_end(self, trainer, step, logs):
+    if not all(math.isfinite(value) for value in logs.values()):
+      raise TrainingError(
+          f'loss is not finite at step {step} ({format_metrics(logs)}); not saving this state. '
+          f'The last checkpoint ({trainer.latest_checkpoint or "none"}) is kept: lower '
+          '--learning_rate or check the data')
+
+
+
+class CheckpointSaver(Callback):
+  """Saves a checkpoint named by the global step after every block."""
+
+  def on_block_end(self, trainer, step, logs):
+    trainer.save_checkpoint(step)
+
+
+class ScalarSummaries(Callback):
+  """Writes the block's metrics and learning rate as TensorBoard scalars at the global step."""
+
+  def on_block_end(self, trainer, step, logs):
+    with trainer.summary_writer.as_default():
+      for tag, value in logs.items():
+        tf.summary.scalar(tag, value, step=step)
+    trainer.summary_writer.flush()
+
+
+class ProgressLogger(Callback):
+  """One log line per block: step, metrics, learning rate, images/s and ETA."""
+
+  def __init__(self, batch_size: int):
+    self.batch_size = batch_size
+    self._start_step = self._start_time = self._block_start = self._last_step = None
+
+  def on_train_begin(self, trainer):
+    self._start_step = self._last_step = trainer.step
+    self._start_time = self._block_start = time.time()
+
+  def on_block_end(self, trainer, step, logs):
+    now = time.time()
+    images_per_second = (step - self._last_step) * self.batch_size / max(
+        now - self._block_start, 1e-9)
+    eta = (trainer.train_steps - step) * (now - self._start_time) / max(
+        step - self._start_step, 1)
+    metrics = {tag: value for tag, value in logs.items() if tag != 'learning_rate'}
+    logging.info('step %d/%d  %s  lr %.4g  %.1f images/s  ETA %s', step, trainer.train_steps,
+                 format_metrics(metrics), logs.get('learning_rate', float('nan')),
+                 images_per_second, format_duration(eta))
+    self._last_step, self._block_start = step, now
+
+
+def format_metrics(values: dict) -> str:
+  return ', '.join(f'{name} {value:.4g}' for name, value in values.items())
+
+
+def format_duration(seconds: float) -> str:
+  minutes, seconds = divmod(int(seconds), 60)
+  hours, minutes = divmod(minutes, 60)
+  return f'{hours}:{minutes:02d}:{seconds:02d}'

@@ -1,0 +1,157 @@
+"""The SimCLR task: what is trained, independent of how the loop around it runs.
+
+`SimCLRTask` owns the model, the optimizer and its learning-rate schedule, the losses and the
+metrics, and defines one training step and one evaluation step *per replica*. `train.Trainer`
+drives it; a user's own loop can drive it the same way:
+
+    task = SimCLRTask(config, num_classes=10, strategy=strategy)
+    task.build_optimizer(num_train_examples)
+
+    @tf.function
+    def train_one_step(iterator):
+      strategy.run(task.train_step, next(iterator))
+"""
+
+from typing import Optional
+
+import tensorflow as tf
+import tf_keras as keras
+
+from simclr_tf2.config import Config
+from simclr_tf2.lars import build_optimizer
+from simclr_tf2.metrics import EvalMetrics, TrainMetrics
+from simclr_tf2.model import SimCLRModel, build_model
+from simclr_tf2.objective import contrastive_loss, supervised_loss, weight_decay_loss
+from simclr_tf2.schedule import WarmUpAndCosineDecay
+
+
+class SimCLRTask:
+  """Model, optimizer, losses and metrics of one Config, built under `strategy`.
+
+  `strategy` defaults to the current one (`tf.distribute.get_strategy()`). Variables are
+  created at construction, so a checkpoint can be restored into `model` right away.
+  """
+
+  def __init__(self, config: Config, num_classes: Optional[int],
+               strategy: Optional[tf.distribute.Strategy] = None):
+    self.config = config.validate()
+    self.strategy = strategy or tf.distribute.get_strategy()
+    with self.strategy.scope():
+      self.model: SimCLRModel = build_model(num_classes, config)
+      self.model.create_variables()
+      self.eval_metrics = EvalMetrics() if self.model.has_supervised_head else None
+    self.optimizer = None
+    self.schedule = None
+    self.train_metrics = None
+    self._updater = None  # the optimizer, behind dynamic loss scaling under mixed_float16
+    # XLA compiles the pure computation only: optimizer updates and summaries stay outside.
+    self._gradients = self._maybe_compile(self._loss_gradients)
+    self._eval_logits = self._maybe_compile(self._logits)
+
+  @property
+  def can_evaluate(self) -> bool:
+    """Evaluation scores the supervised (linear-eval or fine-tuned) head."""
+    return self.model.has_supervised_head
+
+  def build_optimizer(self, num_train_examples: int):
+    """Creates the schedule, the optimizer and the training metrics; returns the optimizer."""
+    config = self.config
+    with self.strategy.scope():
+      self.schedule = WarmUpAndCosineDecay.from_config(config, num_train_examples)
+      self.optimizer = build_optimizer(config.optimizer, self.schedule, config.momentum,
+                                       config.weight_decay)
+      self.train_metrics = TrainMetrics(config.train_mode, config.lineareval_while_pretraining)
+      # Reading `iterations` creates the legacy optimizer's step counter here, in the strategy
+      # scope; created lazily inside a distributed step it would fail.
+      _ = self.optimizer.iterations
+      # The checkpoint keeps the inner optimizer (official keys); the loss scale is not saved
+      # and restarts at its initial value on resume.
+      self._updater = (keras.mixed_precision.LossScaleOptimizer(self.optimizer)
+                       if config.precision == 'mixed_float16' else self.optimizer)
+    return self.optimizer
+
+  @property
+  def global_step(self) -> tf.Variable:
+    """The number of updates applied (the optimizer's step counter)."""
+    self._require_optimizer()
+    return self.optimizer.iterations
+
+  def checkpoint(self) -> tf.train.Checkpoint:
+    """The training state with the official object graph: model, global_step, optimizer."""
+    self._require_optimizer()
+    return tf.train.Checkpoint(model=self.model, global_step=self.optimizer.iterations,
+                               optimizer=self.optimizer)
+
+  def train_step(self, images, labels):
+    """One update on this replica's batch: forward, losses, gradients, optimizer, metrics.
+
+    `images` is [b, s, s, 6] (two views) when pretraining, [b, s, s, 3] otherwise; `labels`
+    one-hot [b, num_classes]. Call inside `strategy.run`. Under mixed_float16, a step whose
+    gradients overflow is skipped (the global step does not advance) and the loss scale halves.
+    """
+    self._require_optimizer()
+    variables = self.model.trainable_variables
+    gradients = self._gradients(images, labels)
+    self._updater.apply_gradients(zip(gradients, variables))
+
+  def _loss_gradients(self, images, labels):
+    config, model, metrics = self.config, self.model, self.train_metrics
+    num_replicas = tf.distribute.get_replica_context().num_replicas_in_sync
+    with tf.GradientTape() as tape:
+      projection, logits = model(images, training=True, blur_seed=self._blur_seed())
+      loss = tf.constant(0.)
+      if projection is not None:
+        projection = tf.cast(projection, tf.float32)  # the loss is float32 at any precision
+        con_loss, logits_con, labels_con = contrastive_loss(
+            projection, hidden_norm=config.hidden_norm, temperature=config.temperature,
+            strategy=self.strategy)
+        loss += con_loss
+        metrics.update_contrastive(con_loss, logits_con, labels_con)
+      if logits is not None:
+        logits = tf.cast(logits, tf.float32)
+        if config.train_mode == 'pretrain':  # the linear-eval head classifies both views
+          labels = tf.concat([labels, labels], 0)
+        sup_loss = supervised_loss(labels, logits)
+        loss += sup_loss
+        metrics.update_supervised(sup_loss, labels, logits)
+      decay = weight_decay_loss(model.trainable_variables, config.optimizer, config.weight_decay)
+      loss += decay
+      metrics.update_total(decay, loss)
+      loss /= num_replicas  # gradients are summed across replicas
+      if self._updater is not self.optimizer:
+        loss = self._updater.get_scaled_loss(loss)
+    gradients = tape.gradient(loss, model.trainable_variables)
+    if self._updater is not self.optimizer:
+      gradients = self._updater.get_unscaled_gradients(gradients)
+    return gradients
+
+  def _blur_seed(self):
+    """Seeded runs: the blur of a step depends on (seed, global step, replica) only, so a run
+    resumed from a checkpoint blurs as the uninterrupted one did."""
+    if self.config.seed is None:
+      return None
+    context = tf.distribute.get_replica_context()
+    step_seed = tf.random.experimental.stateless_fold_in(
+        tf.constant([self.config.seed, 2], tf.int64), tf.cast(self.global_step, tf.int64))
+    return tf.random.experimental.stateless_fold_in(
+        step_seed, tf.cast(context.replica_id_in_sync_group, tf.int64))
+
+  def eval_step(self, images, labels):
+    """Accumulates the supervised head's top-1/top-5 on this replica's batch into
+    `eval_metrics` (reset them between evaluations). Call inside `strategy.run`."""
+    if not self.can_evaluate:
+      raise ValueError('this model has no supervised head to evaluate: use '
+                       'train_mode=finetune or lineareval_while_pretraining=true')
+    self.eval_metrics.update(labels, self._eval_logits(images), weight_decay_loss(
+        self.model.trainable_variables, self.config.optimizer, self.config.weight_decay))
+
+  def _logits(self, images):
+    _, logits = self.model(images, training=False)
+    return tf.cast(logits, tf.float32)
+
+  def _maybe_compile(self, function):
+    return tf.function(function, jit_compile=True) if self.config.jit_compile else function
+
+  def _require_optimizer(self):
+    if self.optimizer is None:
+      raise ValueError('call build_optimizer(num_train_examples) before training')
