@@ -309,6 +309,9 @@ def _seeded_training_examples(source, split, input_context, seed, buffer_size, c
   tensor_seeds = not isinstance(source, TfdsSource)
 
   def epoch_seed(epoch):
+    # Called in the flat_map function: with a global seed of 0, TF's seed logic would test the
+    # tensor seed as a Python bool; this function's graph-level seed is not used otherwise.
+    tf.compat.v1.get_default_graph().seed = None
     return tf.random.stateless_uniform([], tf.random.experimental.stateless_fold_in(
         order_seed, epoch), minval=None, maxval=None, dtype=tf.int64)
 
