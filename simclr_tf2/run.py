@@ -8,6 +8,7 @@ import json
 import logging as std_logging
 import os
 import sys
+import traceback
 
 from absl import app, flags, logging
 
@@ -49,6 +50,8 @@ def main(argv, strategy=None):
   try:
     result = train.run(config, strategy, flag_values=_flag_values_json())
   except (ValueError, SimCLRError) as error:
+    if logging.get_verbosity() >= logging.DEBUG:  # --verbosity=1: the traceback too
+      traceback.print_exc()
     print(f'error: {one_line(error)}', file=sys.stderr)
     return 1
   if result.metrics:

@@ -411,3 +411,21 @@ def test_run_killed_after_a_checkpoint_resumes_bit_identical(tmp_path, mode_sett
   for key, value in expected.items():
     np.testing.assert_array_equal(actual[key], value, err_msg=key)
   assert not (resumed_dir / md.LOCK_FILE_NAME).exists()
+
+
+# --- 10. converted models readable by other users ---------------------------------------------------
+
+@pytest.mark.parametrize('extension', ['.pth', '.safetensors'])
+@pytest.mark.parametrize('umask,mode', [(0o022, 0o644), (0o002, 0o664), (0o077, 0o600)])
+def test_converted_weights_follow_the_umask(tmp_path, extension, umask, mode):
+  torch = pytest.importorskip('torch')
+  if extension == '.safetensors':
+    pytest.importorskip('safetensors')
+  from checkpoints_conversion.tf_to_torch import save_state_dict  # pylint: disable=import-outside-toplevel
+  previous = os.umask(umask)
+  try:
+    save_state_dict({'w': torch.zeros(2)}, str(tmp_path / f'weights{extension}'))
+  finally:
+    os.umask(previous)
+  assert os.stat(tmp_path / f'weights{extension}').st_mode & 0o777 == mode
+  assert os.listdir(tmp_path) == [f'weights{extension}']
