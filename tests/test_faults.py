@@ -21,10 +21,12 @@ import tensorflow as tf
 
 from simclr_tf2 import checkpoint as ckpt_lib
 from simclr_tf2 import model_dir as md
-from simclr_tf2.lars import build_optimizer
-from simclr_tf2.model import build_model
+from simclr_tf2 import train
+from simclr_tf2.config import Config
 from simclr_tf2.errors import CheckpointError, FileSystemError, ModelDirError, TrainingError
 from simclr_tf2.errors import os_errors
+from simclr_tf2.lars import build_optimizer
+from simclr_tf2.model import build_model
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LOCK_SCRIPT = '''
@@ -429,3 +431,50 @@ def test_converted_weights_follow_the_umask(tmp_path, extension, umask, mode):
     os.umask(previous)
   assert os.stat(tmp_path / f'weights{extension}').st_mode & 0o777 == mode
   assert os.listdir(tmp_path) == [f'weights{extension}']
+
+
+# --- run(): found before anything is written ---------------------------------------------------------
+
+RUN_SETTINGS = dict(dataset='digits', resnet_depth=18, image_size=8, train_batch_size=8,
+                    checkpoint_steps=1, train_steps=1, use_tpu=False, seed=0, eval_batch_size=8,
+                    eval_steps=1, train_mode='finetune')
+
+
+def _run(model_dir, **overrides):
+  config = Config(**dict(RUN_SETTINGS, model_dir=str(model_dir), **overrides))
+  return train.run(config, strategy=tf.distribute.get_strategy())
+
+
+def test_run_on_a_locked_model_dir_fails_before_writing(tmp_path):
+  with lock_holder(tmp_path) as holder:
+    before = _files(tmp_path)
+    with pytest.raises(ModelDirError, match=f'in use by another run \\(pid {holder.pid} '):
+      _run(tmp_path)
+    assert _files(tmp_path) == before  # no flags, config, checkpoint or event file
+
+
+@pytest.mark.parametrize('content', [b'garbage text\n', b'\x00\xff\xfe binary'])
+def test_run_with_a_bad_state_file_restarts_nothing(tmp_path, content):
+  _small_checkpoint(tmp_path, [np.zeros(2, np.float32)], 'ckpt-3')
+  (tmp_path / 'checkpoint').write_bytes(content)
+  before = _files(tmp_path)
+  with pytest.raises(ModelDirError, match=f'^checkpoint state file {tmp_path}/checkpoint '):
+    _run(tmp_path)
+  assert _files(tmp_path) == before
+
+
+def test_unknown_eval_split_is_found_before_training(tmp_path):
+  model_dir = tmp_path / 'run'
+  with pytest.raises(ValueError, match="unknown split 'bogus'"):
+    _run(model_dir, mode='train_then_eval', eval_split='bogus')
+  assert not model_dir.exists()
+
+
+def test_leftovers_are_removed_at_start_up_not_when_validation_fails(tmp_path):
+  (tmp_path / 'ckpt-9_temp').mkdir()
+  with pytest.raises(ValueError, match="unknown split 'bogus'"):
+    _run(tmp_path, train_split='bogus')
+  assert (tmp_path / 'ckpt-9_temp').exists()  # validation failed: nothing touched
+  result = _run(tmp_path)
+  assert result.checkpoint == str(tmp_path / 'ckpt-1')
+  assert not (tmp_path / 'ckpt-9_temp').exists() and not (tmp_path / md.LOCK_FILE_NAME).exists()
