@@ -9,6 +9,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -22,11 +23,14 @@ import tensorflow as tf
 from simclr_tf2 import checkpoint as ckpt_lib
 from simclr_tf2 import model_dir as md
 from simclr_tf2 import train
+from simclr_tf2.callbacks import CheckpointSaver
 from simclr_tf2.config import Config
+from simclr_tf2.data import get_source
 from simclr_tf2.errors import CheckpointError, FileSystemError, ModelDirError, TrainingError
 from simclr_tf2.errors import os_errors
 from simclr_tf2.lars import build_optimizer
 from simclr_tf2.model import build_model
+from simclr_tf2.task import SimCLRTask
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LOCK_SCRIPT = '''
@@ -478,3 +482,53 @@ def test_leftovers_are_removed_at_start_up_not_when_validation_fails(tmp_path):
   result = _run(tmp_path)
   assert result.checkpoint == str(tmp_path / 'ckpt-1')
   assert not (tmp_path / 'ckpt-9_temp').exists() and not (tmp_path / md.LOCK_FILE_NAME).exists()
+
+
+# --- 9. mode=eval: every checkpoint, in order, deleted ones listed ----------------------------------
+
+def test_eval_evaluates_every_checkpoint_in_order_and_lists_the_deleted(tmp_path, caplog):
+  config = Config(**dict(RUN_SETTINGS, model_dir=str(tmp_path), train_steps=4))
+  strategy = tf.distribute.get_strategy()
+  source = get_source('digits', image_size=8)
+  task = SimCLRTask(config, source.num_classes, strategy)
+  task.build_optimizer(source.num_examples('train'))
+  trainer = train.Trainer(task, str(tmp_path), callbacks=[CheckpointSaver()])
+  trainer.fit(train.distributed_dataset(config, source, strategy, is_training=True), 4, 1)
+  assert sorted(p.name for p in tmp_path.glob('ckpt-*.index')) == [
+      f'ckpt-{step}.index' for step in (1, 2, 3, 4)]
+
+  class TrainingDeletesAsItGoes(train.Evaluator):
+    """While ckpt-1 is evaluated, the training run's keep_checkpoint_max deletes ckpt-2."""
+
+    def evaluate(self, checkpoint_path):
+      if checkpoint_path.endswith('ckpt-1'):
+        for path in tmp_path.glob('ckpt-2.*'):
+          path.unlink()
+      return super().evaluate(checkpoint_path)
+
+  evaluator = TrainingDeletesAsItGoes(
+      task, str(tmp_path), lambda: train.distributed_dataset(config, source, strategy, False),
+      eval_steps=1, export=False, summary_dir=str(tmp_path / 'eval'))
+  with caplog.at_level(logging.INFO):
+    result = evaluator.evaluate_continuously(train_steps=4, timeout=0)
+  assert result['global_step'] == 4.
+  assert evaluator.evaluated == [str(tmp_path / f'ckpt-{step}') for step in (1, 3, 4)]
+  assert evaluator.skipped == [(str(tmp_path / 'ckpt-2'), 'deleted before evaluation')]
+  assert 'Evaluated 3 checkpoint(s); skipped ckpt-2 (deleted before evaluation).' in caplog.text
+  assert sorted(p.name for p in tmp_path.glob('result_*.json')) == [
+      'result_1.json', 'result_3.json', 'result_4.json']
+
+
+def test_faults_page_names_only_existing_tests():
+  """docs/faults.md: every row's test exists (so the table is checked against the suite)."""
+  page = open(os.path.join(REPO, 'docs', 'faults.md'), encoding='utf-8').read()
+  rows = [line for line in page.splitlines() if line.startswith('| ') and '---' not in line][1:]
+  assert len(rows) >= 15
+  for row in rows:
+    last_file = None
+    names = re.findall(r'`(?:(test_\w+\.py))?::(test_\w+)`', row)
+    assert names, row
+    for file_name, test_name in names:
+      last_file = file_name or last_file
+      source = open(os.path.join(REPO, 'tests', last_file), encoding='utf-8').read()
+      assert f'def {test_name}(' in source, (last_file, test_name)
