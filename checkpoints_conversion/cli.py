@@ -10,18 +10,14 @@ import sys
 from absl import app, flags
 
 from simclr_tf2 import console, recipes
+from simclr_tf2.errors import SimCLRError, one_line
 
 
 def user_errors():
   """Errors reported as one `error: ...` line with exit code 1 (anything else is a bug:
   traceback). A function, so TensorFlow is imported only once the console is quiet."""
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
-  from simclr_tf2.checkpoint import CheckpointError  # pylint: disable=import-outside-toplevel
-  return (CheckpointError, ValueError, TypeError, OSError, tf.errors.OpError)
-
-
-def one_line(error: Exception) -> str:
-  return ' '.join(str(error).split())[:500] or type(error).__name__
+  return (SimCLRError, ValueError, TypeError, OSError, tf.errors.OpError)
 
 
 def define_log_file_flag(flag_values):

@@ -255,13 +255,15 @@ def save_state_dict(state_dict: Mapping[str, torch.Tensor], path: str) -> None:
   os.close(fd)
   umask = os.umask(0)
   os.umask(umask)
-  os.chmod(tmp_path, 0o666 & ~umask)  # mkstemp creates 0600; give the usual permissions
   try:
     if extension == '.pth':
       torch.save(dict(state_dict), tmp_path)
     else:
       from safetensors.torch import save_file  # optional dependency, only for this format
       save_file({k: v.contiguous() for k, v in state_dict.items()}, tmp_path)
+    # After writing: mkstemp creates 0600 and safetensors writes a new 0600 file of its own;
+    # give the permissions any new file gets (readable by others under the usual umask).
+    os.chmod(tmp_path, 0o666 & ~umask)
     os.replace(tmp_path, path)
   except BaseException:
     os.remove(tmp_path)

@@ -12,7 +12,7 @@ import functools
 
 import tensorflow as tf
 
-from simclr_tf2.config import MAX_COLOR_JITTER_STRENGTH
+from simclr_tf2.config import check_range
 
 CROP_PROPORTION = 0.875  # eval centre crop: 87.5 % of the limiting side, then resize
 CROP_AREA_RANGE = (0.08, 1.0)
@@ -21,14 +21,6 @@ CROP_MAX_ATTEMPTS = 100
 COLOR_JITTER_PROBABILITY = 0.8
 GRAYSCALE_PROBABILITY = 0.2
 _INT32_MAX = 2**31 - 1
-
-
-def validate_color_jitter_strength(strength):
-  """One-line ValueError for strengths TF's contrast/saturation ops would reject (K24)."""
-  if not 0. <= strength <= MAX_COLOR_JITTER_STRENGTH:
-    raise ValueError(f'color_jitter_strength={strength!r} must be in [0, '
-                     f'{MAX_COLOR_JITTER_STRENGTH}] (larger values give negative '
-                     'contrast/saturation bounds)')
 
 
 def random_seed():
@@ -189,7 +181,7 @@ def preprocess_image(image, height, width, is_training, color_jitter_strength=0.
   jitter and grayscale) only matters in training; `test_crop` only in evaluation. `seed` is an
   int tensor of shape [2] for a reproducible training augmentation (None = fresh randomness).
   """
-  validate_color_jitter_strength(color_jitter_strength)
+  check_range('color_jitter_strength', color_jitter_strength)  # K24: called without a Config
   image = tf.image.convert_image_dtype(image, tf.float32)
   if is_training:
     seed = random_seed() if seed is None else seed

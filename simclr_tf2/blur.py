@@ -25,12 +25,20 @@ def gaussian_blur(images, kernel_size, sigma):
   return tf.nn.depthwise_conv2d(blurred, vertical, [1, 1, 1, 1], 'SAME')
 
 
-def random_blur(images, image_size, probability=0.5):
+def random_blur(images, image_size, probability=0.5, seed=None):
   """Blurs each image of the batch with probability `probability`, one sigma for the whole batch.
 
   The kernel size comes from the `image_size` setting (image_size // 10), not from the tensor.
+  `seed` (int [2] tensor): stateless draws from it; None: the global random generator.
   """
-  sigma = tf.random.uniform([], *SIGMA_RANGE, dtype=tf.float32)
+  selector_shape = [tf.shape(images)[0], 1, 1, 1]
+  if seed is None:
+    sigma = tf.random.uniform([], *SIGMA_RANGE, dtype=tf.float32)
+    draws = tf.random.uniform(selector_shape)
+  else:
+    sigma_seed, selector_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+    sigma = tf.random.stateless_uniform([], sigma_seed, *SIGMA_RANGE, dtype=tf.float32)
+    draws = tf.random.stateless_uniform(selector_shape, selector_seed)
   blurred = gaussian_blur(images, image_size // 10, sigma)
-  selector = tf.cast(tf.random.uniform([tf.shape(images)[0], 1, 1, 1]) < probability, images.dtype)
+  selector = tf.cast(draws < probability, images.dtype)
   return tf.clip_by_value(blurred * selector + images * (1. - selector), 0., 1.)

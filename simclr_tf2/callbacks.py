@@ -29,7 +29,8 @@ class Callback:
 
 
 class DivergenceGuard(Callback):
-  """Stops training when a metric (a loss) is not finite, before anything saves that state."""
+  """Stops training when a metric (a loss) is not finite, before anything saves that state.
+  (Trainer.save_checkpoint itself refuses non-finite variables.)"""
 
   def on_block_end(self, trainer, step, logs):
     if not all(math.isfinite(value) for value in logs.values()):
@@ -37,6 +38,7 @@ class DivergenceGuard(Callback):
           f'loss is not finite at step {step} ({format_metrics(logs)}); not saving this state. '
           f'The last checkpoint ({trainer.latest_checkpoint or "none"}) is kept: lower '
           '--learning_rate or check the data')
+
 
 
 class CheckpointSaver(Callback):

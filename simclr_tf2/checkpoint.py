@@ -13,17 +13,15 @@ import os
 import re
 from typing import Dict, List, Optional, Tuple
 
+import numpy as np
 import tensorflow as tf
 
 from simclr_tf2.architecture import MODEL_PREFIX, SLOT_MARKER, VALUE_SUFFIX
+from simclr_tf2.errors import CheckpointError, TrainingError, one_line
 
 SUPERVISED_HEAD_KEY = 'model/supervised_head/'
 ARCHITECTURE_FLAGS = ('resnet_depth', 'width_multiplier', 'sk_ratio', 'se_ratio', 'image_size',
                       'proj_head_mode', 'num_proj_layers', 'proj_out_dim')
-
-
-class CheckpointError(ValueError):
-  """A checkpoint is missing, unreadable or does not fit the model. The message is one line."""
 
 
 # A truncated data file surfaces as IndexError ("Read less bytes than requested") from TF's reader.
@@ -38,7 +36,7 @@ def reading(prefix):
   except CheckpointError:
     raise
   except _READ_ERRORS as error:
-    raise CheckpointError(f'cannot read checkpoint {prefix}: {_first_line(error)}') from None
+    raise CheckpointError(f'cannot read checkpoint {prefix}: {one_line(error)}') from None
 
 
 def resolve_checkpoint(path: str) -> str:
@@ -79,11 +77,6 @@ def read_model_values(prefix: str) -> Dict[str, object]:
     reader = tf.train.load_checkpoint(prefix)
     return {key: reader.get_tensor(key) for key in _file_model_shapes(
         reader.get_variable_to_shape_map())}
-
-
-def _first_line(error):
-  text = getattr(error, 'message', None) or str(error)
-  return text.strip().splitlines()[0] if text.strip() else type(error).__name__
 
 
 def object_keys(skip_child=None, **roots) -> Dict[str, tf.Variable]:
@@ -175,16 +168,19 @@ class _ModelWithoutSupervisedHead(tf.Module):
     self._projection_head = model._projection_head  # pylint: disable=protected-access
 
 
-def restore_initial_weights(model, path: str) -> Tuple[str, bool]:
+def restore_initial_weights(model, path: str, allow_non_finite: bool = False
+                            ) -> Tuple[str, bool]:
   """Restores the model only from `--checkpoint` (fresh fine-tune or pretrain start).
 
   Encoder and projection head must match exactly. The supervised head is restored only if the
   file has one of the same shape; otherwise (other class count, or a pretraining checkpoint
   without linear-eval head) the model's fresh head is kept and this is logged (K15).
   Returns (prefix, whether the supervised head was restored). The model must be built.
+  A checkpoint with NaN/inf values is refused unless `allow_non_finite`.
   """
   prefix = resolve_checkpoint(path)
   file_shapes = read_shapes(prefix)
+  check_finite(prefix, allow_non_finite)
   mismatch = compare_model(model, file_shapes, skip_prefix=SUPERVISED_HEAD_KEY)
   if mismatch:
     raise _mismatch_error(prefix, mismatch)
@@ -202,26 +198,118 @@ def restore_initial_weights(model, path: str) -> Tuple[str, bool]:
   return prefix, restore_head
 
 
-def restore_training_state(checkpoint: tf.train.Checkpoint, model, prefix: str):
-  """Resumes model, step and optimizer from a run's own checkpoint; any mismatch is an error."""
+def restore_training_state(checkpoint: tf.train.Checkpoint, model, prefix: str,
+                           allow_non_finite: bool = False):
+  """Resumes model, step and optimizer from a run's own checkpoint; any mismatch is an error.
+
+  A checkpoint with NaN/inf values (a diverged run) is refused unless `allow_non_finite`.
+  """
   mismatch = compare_model(model, read_shapes(prefix))
   if mismatch:
     raise _mismatch_error(prefix, mismatch)
+  check_finite(prefix, allow_non_finite)
   with reading(prefix):
     status = checkpoint.restore(prefix)
   status.assert_existing_objects_matched()
   return status
 
 
-def restore_for_evaluation(model, path: str) -> Tuple[str, int]:
-  """Model weights and global step for evaluation; strict on the model (K27)."""
+def restore_for_evaluation(model, path: str, allow_non_finite: bool = False) -> Tuple[str, int]:
+  """Model weights and global step for evaluation; strict on the model (K27) and on NaN/inf."""
   prefix = resolve_checkpoint(path)
   mismatch = compare_model(model, read_shapes(prefix))
   if mismatch:
     raise _mismatch_error(prefix, mismatch)
+  check_finite(prefix, allow_non_finite)
   global_step = tf.Variable(0, dtype=tf.int64, trainable=False)
   with reading(prefix):
     status = tf.train.Checkpoint(model=model, global_step=global_step).read(prefix)
   status.expect_partial()
   status.assert_existing_objects_matched()
   return prefix, int(global_step.numpy())
+
+
+# --- divergence: NaN/inf never saved, never silently restored --------------------------------------
+
+def non_finite_variables(prefix: str) -> Dict[str, int]:
+  """{key: number of NaN/inf elements} of a checkpoint's floating-point tensors (slots included)."""
+  with reading(prefix):
+    reader = tf.train.load_checkpoint(prefix)
+    found = {}
+    for key, dtype in reader.get_variable_to_dtype_map().items():
+      if dtype.is_floating:
+        count = int(np.size(reader.get_tensor(key)) -
+                    np.count_nonzero(np.isfinite(reader.get_tensor(key))))
+        if count:
+          found[key] = count
+    return found
+
+
+def check_finite(prefix: str, allow_non_finite: bool = False) -> None:
+  """Refuses (CheckpointError) a checkpoint holding NaN/inf values; only warns if allowed."""
+  bad = non_finite_variables(prefix)
+  if not bad:
+    return
+  shown = ', '.join(_short(key) for key in sorted(bad)[:3])
+  what = f'checkpoint {prefix} contains NaN/inf values in {len(bad)} tensors (e.g. {shown})'
+  if allow_non_finite:
+    logging.warning('%s; restoring it anyway (--allow_non_finite_checkpoint).', what)
+    return
+  raise CheckpointError(f'{what}: it comes from a diverged run. Resume from an earlier checkpoint '
+                        '(e.g. remove the newer ones, or pass it as --checkpoint to a new '
+                        '--model_dir), or pass --allow_non_finite_checkpoint=true to load it anyway')
+
+
+def non_finite_names(variables) -> List[str]:
+  """Names of the floating-point variables holding any NaN/inf value."""
+  return [v.name for v in variables
+          if v.dtype.is_floating and not bool(tf.reduce_all(tf.math.is_finite(v)))]
+
+
+def assert_all_finite(variables, step: int, last_good: Optional[str], action: str = 'saved'
+                      ) -> None:
+  """Before a save or export: TrainingError naming the step and the last good checkpoint."""
+  bad = non_finite_names(variables)
+  if bad:
+    raise TrainingError(
+        f'training diverged at step {step}: {len(bad)} of {len(variables)} variables hold NaN/inf '
+        f'(e.g. {", ".join(bad[:3])}); nothing was {action}. The last good checkpoint '
+        f'({last_good or "none"}) is kept: lower --learning_rate or check the data')
+
+
+# --- optimizer of a checkpoint ---------------------------------------------------------------------
+
+# Slot names of legacy optimizers (this port's LARS; the reference's TF <= 2.10 Keras optimizers).
+_SLOT_OPTIMIZERS = {'Momentum': 'lars', 'momentum': 'momentum', 'm': 'adam', 'v': 'adam'}
+_NON_LEGACY_SLOT = re.compile(r'optimizer/_variables/(\d+)/\.ATTRIBUTES/VARIABLE_VALUE')
+
+
+def checkpoint_optimizer(file_shapes: Dict[str, List[int]]) -> Optional[str]:
+  """'lars', 'momentum' or 'adam' from a checkpoint's optimizer keys; None without slots.
+
+  Legacy optimizers name their slots (`.OPTIMIZER_SLOT/optimizer/<slot>`). The non-legacy Keras
+  optimizers keep an unnamed list `optimizer/_variables/<i>` (0 = iterations): Adam has two
+  slots per variable, m and v, of the same shape and adjacent (1-2, 3-4, ...); SGD one.
+  """
+  for key in file_shapes:
+    if SLOT_MARKER in key:
+      slot = key.split(SLOT_MARKER, 1)[1].split('/')[1]
+      return _SLOT_OPTIMIZERS.get(slot)
+  shapes = {int(m.group(1)): shape for m in map(_NON_LEGACY_SLOT.fullmatch, file_shapes)
+            if m and int(m.group(1)) > 0 for shape in [file_shapes[m.group(0)]]}
+  if not shapes:
+    return None
+  ordered = [shapes[i] for i in sorted(shapes)]
+  pairs_equal = len(ordered) % 2 == 0 and all(
+      ordered[i] == ordered[i + 1] for i in range(0, len(ordered), 2))
+  return 'adam' if pairs_equal else 'momentum'
+
+
+def check_optimizer_matches(prefix: str, optimizer_name: str) -> None:
+  """CheckpointError if a checkpoint being resumed holds another optimizer's state."""
+  found = checkpoint_optimizer(read_shapes(prefix))
+  if found is not None and found != optimizer_name:
+    raise CheckpointError(
+        f'checkpoint {prefix} holds the state of --optimizer={found}, not --optimizer='
+        f'{optimizer_name}: resume with --optimizer={found}, or start a new --model_dir with '
+        f'--checkpoint={prefix} to train its weights with {optimizer_name}')

@@ -9,9 +9,11 @@ absl flags *from* this class, so each default exists exactly once. Nothing here 
 import dataclasses
 import json
 import math
+import typing
 from typing import Any, Dict, Optional
 
 from simclr_tf2.architecture import CIFAR_MAX_IMAGE_SIZE, PROJ_HEAD_MODES, RESNET_DEPTHS
+from simclr_tf2.errors import ConfigError
 
 PRECISIONS = ('float32', 'mixed_bfloat16', 'mixed_float16')
 MAX_COLOR_JITTER_STRENGTH = 1.25  # beyond it contrast/saturation lower bounds go negative (K24)
@@ -128,6 +130,9 @@ class Config:
       0, 'Every this many training steps, write the kNN top-1 accuracy of the encoder on the '
       'labeled eval split (train split as memory bank) as the scalar knn/top_1_accuracy; '
       '0 = off.', official=False)
+  allow_non_finite_checkpoint: bool = _flag(
+      False, 'Restore checkpoints containing NaN/inf values instead of refusing them '
+      '(for inspecting a diverged run).', official=False)
 
   # ------------------------------------------------------------------------------------------
   @classmethod
@@ -171,37 +176,25 @@ class Config:
 
   # --- validation -----------------------------------------------------------------------------
   def validate(self) -> 'Config':
-    """Raises ValueError with a one-line message for the first invalid value; returns self."""
+    """Raises ConfigError (a ValueError) with a one-line message for the first invalid value.
+
+    Types, NaN/inf, ranges and choices of every field, then the rules linking several fields.
+    """
+    hints = typing.get_type_hints(type(self))
     for f in self.fields():
-      choices = f.metadata['choices']
       value = getattr(self, f.name)
+      _check_type(f.name, value, hints[f.name])
+      choices = f.metadata['choices']
       if choices and value not in choices:
         _fail(f.name, value, f'must be one of {", ".join(choices)}')
-    positive = ('train_batch_size', 'eval_batch_size', 'image_size', 'width_multiplier',
-                'proj_out_dim')
-    for name in positive:
-      if getattr(self, name) < 1:
-        _fail(name, getattr(self, name), 'must be >= 1')
-    non_negative = ('train_epochs', 'train_steps', 'eval_steps', 'checkpoint_epochs',
-                    'checkpoint_steps', 'warmup_epochs', 'weight_decay', 'sk_ratio', 'se_ratio',
-                    'num_proj_layers', 'learning_rate', 'knn_monitor_steps')
-    for name in non_negative:
-      if getattr(self, name) < 0:
-        _fail(name, getattr(self, name), 'must be >= 0')
+      if value is not None and f.name in RANGES:
+        check_range(f.name, value)
     if self.checkpoint_steps == 0 and self.checkpoint_epochs == 0:
       _fail('checkpoint_steps', 0, 'and checkpoint_epochs=0 leave no steps per loop; set one > 0')
     if self.resnet_depth not in RESNET_DEPTHS:
       _fail('resnet_depth', self.resnet_depth, f'must be one of {RESNET_DEPTHS}')
-    if not 0. < self.batch_norm_decay < 1.:
-      _fail('batch_norm_decay', self.batch_norm_decay, 'must be in (0, 1)')
-    if self.temperature <= 0:
-      _fail('temperature', self.temperature, 'must be > 0')
-    if not 0. <= self.momentum < 1.:
-      _fail('momentum', self.momentum, 'must be in [0, 1)')
-    if not 0. <= self.color_jitter_strength <= MAX_COLOR_JITTER_STRENGTH:
-      _fail('color_jitter_strength', self.color_jitter_strength,
-            f'must be in [0, {MAX_COLOR_JITTER_STRENGTH}] (larger values give negative '
-            'contrast/saturation bounds)')
+    if self.model_dir is not None and not self.model_dir.strip():
+      _fail('model_dir', self.model_dir, 'must not be empty')
     num_hiddens = self.num_projection_outputs()
     if not -num_hiddens <= self.ft_proj_selector < num_hiddens:
       _fail('ft_proj_selector', self.ft_proj_selector,
@@ -257,5 +250,78 @@ class Config:
     return max(1, steps)
 
 
+# Numeric ranges of the fields: (low, high, low_inclusive, high_inclusive, why). None = unbounded.
+# Every float must also be finite. Fields not listed take any value of their type
+# (keep_hub_module_max <= 0 keeps every export; ft_proj_selector depends on proj_head_mode).
+_AT_LEAST_0 = (0, None, True, True, '')
+_AT_LEAST_1 = (1, None, True, True, '')
+RANGES = {
+    'learning_rate': _AT_LEAST_0,
+    'warmup_epochs': _AT_LEAST_0,
+    'weight_decay': _AT_LEAST_0,
+    'batch_norm_decay': (0, 1, False, False, ''),
+    'momentum': (0, 1, True, False, ''),
+    'temperature': (0, None, False, True, ''),
+    'sk_ratio': _AT_LEAST_0,
+    'se_ratio': _AT_LEAST_0,
+    'color_jitter_strength': (0, MAX_COLOR_JITTER_STRENGTH, True, True,
+                              ' (larger values give negative contrast/saturation bounds)'),
+    'train_batch_size': _AT_LEAST_1,
+    'eval_batch_size': _AT_LEAST_1,
+    'image_size': _AT_LEAST_1,
+    'width_multiplier': _AT_LEAST_1,
+    'proj_out_dim': _AT_LEAST_1,
+    'keep_checkpoint_max': (1, None, True, True, ' (the newest checkpoint is needed to resume)'),
+    'train_epochs': _AT_LEAST_0,
+    'train_steps': _AT_LEAST_0,
+    'eval_steps': _AT_LEAST_0,
+    'checkpoint_epochs': _AT_LEAST_0,
+    'checkpoint_steps': _AT_LEAST_0,
+    'num_proj_layers': _AT_LEAST_0,
+    'train_summary_steps': _AT_LEAST_0,
+    'fine_tune_after_block': (-1, 4, True, True,
+                              ' (-1 trains everything, 4 freezes the whole encoder)'),
+    'eval_timeout': _AT_LEAST_0,
+    'knn_monitor_steps': _AT_LEAST_0,
+    'seed': (0, 2**32 - 1, True, True, ''),
+}
+
+
+def check_range(name: str, value) -> None:
+  """One-line ConfigError `--name=value: ...` unless `value` is finite and in RANGES[name].
+
+  The single home of each field's range: Config.validate uses it, and so do library functions
+  that take such a value without a Config (e.g. augment.preprocess_image).
+  """
+  if isinstance(value, float) and not math.isfinite(value):
+    _fail(name, value, 'must be finite')
+  low, high, low_inclusive, high_inclusive, why = RANGES[name]
+  too_low = low is not None and (value < low if low_inclusive else value <= low)
+  too_high = high is not None and (value > high if high_inclusive else value >= high)
+  if not (too_low or too_high):
+    return
+  if high is None:
+    _fail(name, value, f'must be {">=" if low_inclusive else ">"} {low}{why}')
+  _fail(name, value, f'must be in {"[" if low_inclusive else "("}{low}, {high}'
+        f'{"]" if high_inclusive else ")"}{why}')
+
+
+def _check_type(name, value, annotation):
+  """bool/int/float/str fields (possibly Optional) hold values of that type; ints are floats."""
+  allowed = typing.get_args(annotation) or (annotation,)
+  if value is None:
+    if type(None) not in allowed:
+      _fail(name, value, 'must be set')
+    return
+  kind = next(a for a in allowed if a is not type(None))
+  if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+    return  # finiteness: check_range (every float field is in RANGES)
+  if type(value) is not kind:  # bool is not accepted as int, nor int as bool
+    _fail(name, value, f'must be {_TYPE_NAMES[kind]}')
+
+
+_TYPE_NAMES = {bool: 'true or false', int: 'an integer', float: 'a number', str: 'a string'}
+
+
 def _fail(name, value, why):
-  raise ValueError(f'--{name}={value!r}: {why}')
+  raise ConfigError(f'--{name}={value!r}: {why}')

@@ -27,6 +27,7 @@ import numpy as np
 import tensorflow as tf
 
 from simclr_tf2 import augment
+from simclr_tf2.config import check_range
 from simclr_tf2.errors import SimCLRError
 
 logger = logging.getLogger(__name__)
@@ -358,26 +359,91 @@ def get_source(dataset, data_dir=None, skip_corrupt_images=True, image_size=None
 
 # --- pipeline ---------------------------------------------------------------------------------
 
-def _element_seeds(base_seed, input_context):
-  """An infinite dataset of distinct stateless seeds for this input pipeline's examples."""
+def _pipeline_seed(base_seed, input_context, stream):
+  """A stateless [2] seed of this input pipeline for one random stream (0: augmentation, 1: order)."""
   pipeline_id = input_context.input_pipeline_id if input_context else 0
-  pipeline_seed = tf.random.experimental.stateless_fold_in(
-      tf.constant([base_seed, 0], tf.int64), pipeline_id)
-  return tf.data.Dataset.counter().map(
+  return tf.random.experimental.stateless_fold_in(
+      tf.constant([base_seed, stream], tf.int64), pipeline_id)
+
+
+def _element_seeds(base_seed, input_context, start=0):
+  """An infinite dataset of distinct stateless seeds for this input pipeline's examples.
+
+  The seed of an example depends only on its position in the pipeline's stream, so a stream
+  resumed at position `start` gets the same seeds as the uninterrupted one.
+  """
+  pipeline_seed = _pipeline_seed(base_seed, input_context, 0)
+  return tf.data.Dataset.counter(start).map(
       lambda index: tf.random.experimental.stateless_fold_in(pipeline_seed, index))
 
 
+def _epoch_size(source, split, input_context):
+  """Examples per epoch of this input pipeline (its shard of the split)."""
+  cardinality = tf.get_static_value(source.as_dataset(
+      split, shuffle_files=False, input_context=input_context).cardinality())
+  if cardinality is not None and cardinality >= 0:
+    return int(cardinality)
+  if not input_context or input_context.num_input_pipelines == 1:
+    return source.num_examples(split)
+  return None
+
+
+def _seeded_training_examples(source, split, input_context, seed, buffer_size, cache_dataset,
+                              start):
+  """The shuffled, repeated examples of a seeded run from stream position `start`, cheaply.
+
+  Epoch e is the split read in an order drawn from (seed, pipeline, e) alone (the source's file /
+  example shuffle, then the shuffle buffer), so a resumed stream starts at epoch
+  start // epoch_size and skips only the examples of that epoch already used.
+  """
+  order_seed = _pipeline_seed(seed, input_context, 1)
+  # TFDS takes its file-shuffle seed as a Python int: its file order is the same every epoch.
+  tensor_seeds = not isinstance(source, TfdsSource)
+
+  def epoch_seed(epoch):
+    # Called in the flat_map function: with a global seed of 0, TF's seed logic would test the
+    # tensor seed as a Python bool; this function's graph-level seed is not used otherwise.
+    tf.compat.v1.get_default_graph().seed = None
+    return tf.random.stateless_uniform([], tf.random.experimental.stateless_fold_in(
+        order_seed, epoch), minval=None, maxval=None, dtype=tf.int64)
+
+  epoch_size = _epoch_size(source, split, input_context)
+  if cache_dataset:  # decode once; each epoch is a full shuffle of the cached split
+    cached = source.as_dataset(split, shuffle_files=False, input_context=input_context).cache()
+
+    def epoch_examples(epoch):
+      return cached.shuffle(epoch_size or buffer_size, seed=epoch_seed(epoch))
+  else:
+    def epoch_examples(epoch):
+      shuffle_seed = epoch_seed(epoch)
+      examples = source.as_dataset(split, shuffle_files=True, input_context=input_context,
+                                   seed=shuffle_seed if tensor_seeds else seed)
+      return examples.shuffle(buffer_size, seed=shuffle_seed)
+
+  if epoch_size is None:  # unknown shard size: correct but slow
+    logger.warning('Unknown epoch size of the input shard: resuming skips %d examples.', start)
+    first_epoch, skip = 0, start
+  else:
+    first_epoch, skip = divmod(start, epoch_size)
+  return tf.data.Dataset.range(first_epoch, tf.int64.max).flat_map(epoch_examples).skip(skip)
+
+
 def build_input_fn(source, global_batch_size, is_training, *, split, train_mode, image_size,
-                   color_jitter_strength, cache_dataset, seed=None):
+                   color_jitter_strength, cache_dataset, seed=None, start_step=0):
   """Returns `input_fn(input_context)` building one input pipeline.
 
   Training repeats forever and drops the remainder; evaluation reads the split once and keeps the
   last partial batch. `seed` (int) makes shuffling and augmentation reproducible (K35); None is
-  the reference behaviour (unseeded, non-deterministic order).
+  the reference behaviour (unseeded, non-deterministic order). With a seed, the training stream
+  is a function of (seed, position): `start_step` (the global step a run resumes from) starts it
+  where an uninterrupted run would be after that many steps, for the same number of input
+  pipelines and global batch size. Unseeded streams always start afresh.
   """
   if train_mode not in TRAIN_MODES:
     raise ValueError(f'train_mode={train_mode!r} must be one of {", ".join(TRAIN_MODES)}')
-  augment.validate_color_jitter_strength(color_jitter_strength)
+  check_range('color_jitter_strength', color_jitter_strength)
+  if start_step < 0:
+    raise ValueError(f'start_step={start_step} must be >= 0')
   two_views = is_training and train_mode == 'pretrain'
   test_crop = image_size > 32
   num_classes = source.num_classes
@@ -401,20 +467,30 @@ def build_input_fn(source, global_batch_size, is_training, *, split, train_mode,
     logger.info('%s input: global batch %d, per-replica batch %d, %d input pipeline(s)',
                 'training' if is_training else 'eval', global_batch_size,
                 per_replica_batch_size, input_context.num_input_pipelines)
-    dataset = source.as_dataset(split, shuffle_files=is_training, input_context=input_context,
-                                seed=seed)
-    if cache_dataset:
-      dataset = dataset.cache()
+    buffer_multiplier = 50 if image_size <= 32 else 10
+    # Examples this pipeline fed before `start_step`: each step takes one per-replica batch for
+    # each of the replicas it feeds.
+    start = start_step * global_batch_size // input_context.num_input_pipelines
+    if is_training and seed is not None:
+      dataset = _seeded_training_examples(
+          source, split, input_context, seed, per_replica_batch_size * buffer_multiplier,
+          cache_dataset, start)
+    else:
+      start = 0
+      dataset = source.as_dataset(split, shuffle_files=is_training, input_context=input_context,
+                                  seed=seed)
+      if cache_dataset:
+        dataset = dataset.cache()
+      if is_training:
+        dataset = dataset.shuffle(per_replica_batch_size * buffer_multiplier).repeat()
     if is_training:
       options = tf.data.Options()
       options.deterministic = seed is not None
       options.experimental_slack = True
       dataset = dataset.with_options(options)
-      buffer_multiplier = 50 if image_size <= 32 else 10
-      dataset = dataset.shuffle(per_replica_batch_size * buffer_multiplier, seed=seed).repeat()
     # Seeds are tied to an example's position, not to the (possibly parallel) map call order.
     base_seed = random.SystemRandom().randrange(2**31) if seed is None else seed
-    dataset = tf.data.Dataset.zip((dataset, _element_seeds(base_seed, input_context)))
+    dataset = tf.data.Dataset.zip((dataset, _element_seeds(base_seed, input_context, start)))
     dataset = dataset.map(map_fn, num_parallel_calls=tf.data.AUTOTUNE)
     dataset = dataset.batch(per_replica_batch_size, drop_remainder=is_training)
     return dataset.prefetch(tf.data.AUTOTUNE)

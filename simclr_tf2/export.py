@@ -18,7 +18,9 @@ from typing import Dict
 import numpy as np
 import tensorflow as tf
 
-from simclr_tf2.checkpoint import VALUE_SUFFIX, CheckpointError, object_keys
+from simclr_tf2.architecture import VALUE_SUFFIX
+from simclr_tf2.checkpoint import object_keys
+from simclr_tf2.errors import CheckpointError, one_line
 
 # Named like __call__'s argument: SavedModel export asks for the concrete functions again by
 # their structured signature (which carries the argument name); an unnamed spec would retrace.
@@ -171,8 +173,8 @@ def load_saved_model(saved_model_dir: str):
   try:
     loaded = tf.saved_model.load(saved_model_dir)
   except (tf.errors.OpError, ValueError, OSError) as error:
-    first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
-    raise CheckpointError(f'cannot load SavedModel {saved_model_dir}: {first_line}') from None
+    raise CheckpointError(f'cannot load SavedModel {saved_model_dir}: {one_line(error)}'
+                          ) from None
   if not hasattr(loaded, 'model'):
     raise CheckpointError(f'{saved_model_dir} is not a SimCLR export (its root has no `model`)')
   return loaded

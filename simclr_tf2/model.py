@@ -68,15 +68,19 @@ class SimCLRModel(keras.Model):
   def has_supervised_head(self) -> bool:
     return hasattr(self, 'supervised_head')
 
-  def __call__(self, inputs, training, endpoints: Optional[Dict] = None, blur: bool = True):
-    return self.call(inputs, training=training, endpoints=endpoints, blur=blur)
+  def __call__(self, inputs, training, endpoints: Optional[Dict] = None, blur: bool = True,
+               blur_seed=None):
+    return self.call(inputs, training=training, endpoints=endpoints, blur=blur,
+                     blur_seed=blur_seed)
 
-  def call(self, inputs, training, endpoints: Optional[Dict] = None, blur: bool = True):
+  def call(self, inputs, training, endpoints: Optional[Dict] = None, blur: bool = True,
+           blur_seed=None):
     """Returns `(projection_output or None, supervised_logits or None)` like the reference.
 
     `inputs` is [B, H, W, 3 * views]; views are stacked along the batch axis. `blur=False`
     disables the pretraining blur regardless of mode (used by exports, K25). `endpoints`, if a
-    dict, receives the named intermediate tensors.
+    dict, receives the named intermediate tensors. `blur_seed` (int [2] tensor) makes the blur a
+    function of that seed (seeded runs resume exactly); None draws fresh randomness.
     """
     config = self.simclr_config
     pretrain = config.train_mode == 'pretrain'
@@ -88,7 +92,9 @@ class SimCLRModel(keras.Model):
       raise ValueError('the channel dimension of the input must be statically known')
     views = tf.split(inputs, channels // 3, axis=-1)
     if blur and config.use_blur and training and pretrain:
-      views = [random_blur(view, config.image_size) for view in views]
+      views = [random_blur(view, config.image_size, seed=None if blur_seed is None else
+                           tf.random.experimental.stateless_fold_in(blur_seed, index))
+               for index, view in enumerate(views)]
     features = tf.concat(views, 0)
 
     hiddens = self.resnet_model(features, training=training, endpoints=endpoints)

@@ -8,6 +8,7 @@ import json
 import logging as std_logging
 import os
 import sys
+import traceback
 
 from absl import app, flags, logging
 
@@ -39,15 +40,18 @@ def main(argv, strategy=None):
   except ValueError as error:
     print(f'error: {error}', file=sys.stderr)
     return 1
+  if not config.model_dir:
+    print('error: --model_dir is required', file=sys.stderr)
+    return 1
   # Imported after flag validation so a bad flag fails fast, before TensorFlow loads.
   from simclr_tf2 import train  # pylint: disable=import-outside-toplevel
   from simclr_tf2.errors import SimCLRError, one_line  # pylint: disable=import-outside-toplevel
   std_logging.getLogger('tensorflow').setLevel(std_logging.WARNING)  # keep progress readable
   try:
-    if config.model_dir:
-      train.write_json(os.path.join(config.model_dir, 'flags.json'), _flag_values_json())
-    result = train.run(config, strategy)
+    result = train.run(config, strategy, flag_values=_flag_values_json())
   except (ValueError, SimCLRError) as error:
+    if logging.get_verbosity() >= logging.DEBUG:  # --verbosity=1: the traceback too
+      traceback.print_exc()
     print(f'error: {one_line(error)}', file=sys.stderr)
     return 1
   if result.metrics:

@@ -98,7 +98,7 @@ class SimCLRTask:
     config, model, metrics = self.config, self.model, self.train_metrics
     num_replicas = tf.distribute.get_replica_context().num_replicas_in_sync
     with tf.GradientTape() as tape:
-      projection, logits = model(images, training=True)
+      projection, logits = model(images, training=True, blur_seed=self._blur_seed())
       loss = tf.constant(0.)
       if projection is not None:
         projection = tf.cast(projection, tf.float32)  # the loss is float32 at any precision
@@ -123,6 +123,17 @@ class SimCLRTask:
     if self._updater is not self.optimizer:
       gradients = self._updater.get_unscaled_gradients(gradients)
     return gradients
+
+  def _blur_seed(self):
+    """Seeded runs: the blur of a step depends on (seed, global step, replica) only, so a run
+    resumed from a checkpoint blurs as the uninterrupted one did."""
+    if self.config.seed is None:
+      return None
+    context = tf.distribute.get_replica_context()
+    step_seed = tf.random.experimental.stateless_fold_in(
+        tf.constant([self.config.seed, 2], tf.int64), tf.cast(self.global_step, tf.int64))
+    return tf.random.experimental.stateless_fold_in(
+        step_seed, tf.cast(context.replica_id_in_sync_group, tf.int64))
 
   def eval_step(self, images, labels):
     """Accumulates the supervised head's top-1/top-5 on this replica's batch into

@@ -14,30 +14,34 @@ import dataclasses
 import json
 import logging
 import os
+import time
 from typing import Callable, Iterable, Optional, Sequence
 
 import tensorflow as tf
 import tf_keras as keras
 
 from simclr_tf2 import checkpoint as ckpt_lib
+from simclr_tf2 import model_dir as model_dir_lib
 from simclr_tf2.callbacks import (Callback, CheckpointSaver, DivergenceGuard, ProgressLogger,
                                   ScalarSummaries, format_metrics)
 from simclr_tf2.config import Config
 from simclr_tf2.data import build_distributed_dataset, corrupt_image_errors, get_source
-from simclr_tf2.errors import TrainingError, one_line
+from simclr_tf2.errors import ConfigError, TrainingError, one_line, os_errors
 from simclr_tf2.task import SimCLRTask
 
 EVAL_POLL_SECONDS = 15
+EVAL_SUBDIR = 'eval'  # mode=eval's summaries: a reader writes nothing the training run owns
 _STRATEGIES = {}  # build_strategy's per-process strategies, by kind
 
 
 def write_json(path, value):
   """Writes JSON atomically: readers never see a half-written file."""
-  tf.io.gfile.makedirs(os.path.dirname(path) or '.')
   temporary = f'{path}.tmp-{os.getpid()}'
-  with tf.io.gfile.GFile(temporary, 'w') as f:
-    json.dump(value, f, indent=2, sort_keys=True)
-  tf.io.gfile.rename(temporary, path, overwrite=True)
+  with os_errors('write', path):
+    tf.io.gfile.makedirs(os.path.dirname(path) or '.')
+    with tf.io.gfile.GFile(temporary, 'w') as f:
+      json.dump(value, f, indent=2, sort_keys=True)
+    tf.io.gfile.rename(temporary, path, overwrite=True)
 
 
 def strategy_kind(config: Config, tf_config: Optional[str]) -> str:
@@ -78,15 +82,20 @@ def build_strategy(config: Config):
   return strategy
 
 
-def distributed_dataset(config: Config, source, strategy, is_training: bool):
-  """The per-replica training (augmented, repeated) or evaluation pipeline of a config."""
+def distributed_dataset(config: Config, source, strategy, is_training: bool, start_step: int = 0):
+  """The per-replica training (augmented, repeated) or evaluation pipeline of a config.
+
+  `start_step`: the global step training resumes from; with a seed the stream then continues
+  exactly where the interrupted run was (data.build_input_fn).
+  """
   return build_distributed_dataset(
       source, config.train_batch_size if is_training else config.eval_batch_size,
       is_training, strategy,
       split=config.train_split if is_training else config.eval_split,
       train_mode=config.train_mode, image_size=config.image_size,
       color_jitter_strength=config.color_jitter_strength if is_training else 0.,
-      cache_dataset=config.cache_dataset, seed=config.seed)
+      cache_dataset=config.cache_dataset, seed=config.seed,
+      start_step=start_step if is_training else 0)
 
 
 def default_callbacks(config: Config) -> list:
@@ -146,12 +155,15 @@ class Trainer:
     config, model = self.task.config, self.task.model
     with self.task.strategy.scope():
       if self.latest_checkpoint:
-        ckpt_lib.restore_training_state(self.checkpoint, model, self.latest_checkpoint)
+        ckpt_lib.check_optimizer_matches(self.latest_checkpoint, config.optimizer)
+        ckpt_lib.restore_training_state(self.checkpoint, model, self.latest_checkpoint,
+                                        config.allow_non_finite_checkpoint)
         logging.info('Resumed from %s', self.latest_checkpoint)
         return self.latest_checkpoint
       if not config.checkpoint:
         return None
-      prefix, _ = ckpt_lib.restore_initial_weights(model, config.checkpoint)
+      prefix, _ = ckpt_lib.restore_initial_weights(model, config.checkpoint,
+                                                   config.allow_non_finite_checkpoint)
       logging.info('Initialised the model from %s', prefix)
       if config.zero_init_logits_layer and model.has_supervised_head:  # K5
         for variable in model.supervised_head.trainable_weights:
@@ -160,7 +172,11 @@ class Trainer:
       return prefix
 
   def save_checkpoint(self, step: int) -> str:
-    return self.checkpoint_manager.save(checkpoint_number=step)
+    """Saves ckpt-<step>; refuses (TrainingError) variables holding NaN/inf: the last update
+    of a block can diverge after the block's losses were computed."""
+    ckpt_lib.assert_all_finite(self.task.model.variables, step, self.latest_checkpoint)
+    with os_errors('save checkpoint', os.path.join(self.model_dir, f'ckpt-{step}')):
+      return self.checkpoint_manager.save(checkpoint_number=step)
 
   def train_blocks(self, iterator, num_steps: int) -> None:
     """Runs `num_steps` training steps on `iterator` in one call of the compiled loop."""
@@ -225,7 +241,7 @@ class Evaluator:
   (optionally) a SavedModel of every evaluated checkpoint."""
 
   def __init__(self, task: SimCLRTask, model_dir: str, dataset_fn: Callable[[], Iterable],
-               eval_steps: int, export: bool = True):
+               eval_steps: int, export: bool = True, summary_dir: Optional[str] = None):
     if not task.can_evaluate:
       raise ValueError('nothing to evaluate: the model has no supervised head (use '
                        'train_mode=finetune or --lineareval_while_pretraining=true)')
@@ -234,7 +250,10 @@ class Evaluator:
     self.dataset_fn = dataset_fn
     self.eval_steps = eval_steps
     self.export = export
+    self.summary_dir = summary_dir or model_dir
     self.saved_model = None
+    self.evaluated = []  # checkpoint prefixes evaluated, in order
+    self.skipped = []  # (prefix, reason) of checkpoints that could not be evaluated
     strategy = task.strategy
 
     @tf.function
@@ -247,7 +266,8 @@ class Evaluator:
     """Top-1/top-5 of the supervised head on `eval_steps` batches of the eval split."""
     task = self.task
     with task.strategy.scope():
-      prefix, global_step = ckpt_lib.restore_for_evaluation(task.model, checkpoint_path)
+      prefix, global_step = ckpt_lib.restore_for_evaluation(
+          task.model, checkpoint_path, task.config.allow_non_finite_checkpoint)
     logging.info('Evaluating %s (step %d) on %d steps', prefix, global_step, self.eval_steps)
     task.eval_metrics.reset()
     iterator = iter(self.dataset_fn())
@@ -258,7 +278,7 @@ class Evaluator:
         logging.warning('Eval split exhausted after %d of %d steps.', index, self.eval_steps)
         break
     result = task.eval_metrics.results()
-    summary_writer = tf.summary.create_file_writer(self.model_dir)
+    summary_writer = tf.summary.create_file_writer(self.summary_dir)
     with summary_writer.as_default():
       for tag, value in result.items():
         tf.summary.scalar(tag, value, step=global_step)
@@ -271,31 +291,67 @@ class Evaluator:
       self.saved_model = export_model(task, self.model_dir, global_step)
     return result
 
-  def evaluate_continuously(self, train_steps: int, timeout: Optional[float]) -> Optional[dict]:
-    """mode=eval: evaluates each new checkpoint until one reaches train_steps (K9 fixed)."""
-    for path in tf.train.checkpoints_iterator(self.model_dir,
-                                              min_interval_secs=EVAL_POLL_SECONDS,
-                                              timeout=timeout):
-      try:
-        result = self.evaluate(path)
-      except (tf.errors.NotFoundError, ckpt_lib.CheckpointError) as error:
-        if tf.io.gfile.exists(path + '.index'):
-          raise
-        logging.warning('Checkpoint %s vanished before evaluation (%s); skipping.', path,
-                        type(error).__name__)
+  def evaluate_continuously(self, train_steps: int, timeout: Optional[float],
+                            poll_seconds: float = EVAL_POLL_SECONDS) -> Optional[dict]:
+    """mode=eval: evaluates every checkpoint that exists or appears, oldest first, until one
+    reaches train_steps or none appears for `timeout` seconds (K9 fixed).
+
+    Checkpoints deleted (keep_checkpoint_max) before their turn are skipped and listed.
+    """
+    result, last_step, waited = None, -1, 0.
+    while True:
+      pending = [(step, prefix) for step, prefix in _numbered_checkpoints(self.model_dir)
+                 if step > last_step]
+      if not pending:
+        if timeout is not None and waited >= timeout:
+          logging.warning('No new checkpoint within --eval_timeout=%s s; stopping.', timeout)
+          break
+        time.sleep(poll_seconds)
+        waited += poll_seconds
         continue
-      if result['global_step'] >= train_steps:
-        logging.info('Eval complete: step %d >= train_steps %d.', result['global_step'],
-                     train_steps)
-        return result
-    logging.warning('No new checkpoint within --eval_timeout=%s s; stopping.', timeout)
-    return None
+      waited = 0.
+      for step, prefix in pending:
+        last_step = step
+        try:
+          result = self.evaluate(prefix)
+        except (tf.errors.NotFoundError, ckpt_lib.CheckpointError) as error:
+          if tf.io.gfile.exists(prefix + '.index'):
+            raise
+          logging.warning('Checkpoint %s was deleted before evaluation (%s, e.g. by '
+                          '--keep_checkpoint_max of the training run); skipping it.', prefix,
+                          type(error).__name__)
+          self.skipped.append((prefix, 'deleted before evaluation'))
+          continue
+        self.evaluated.append(prefix)
+        if step >= train_steps:
+          logging.info('Eval complete: step %d >= train_steps %d.', step, train_steps)
+          self._log_summary()
+          return result
+    self._log_summary()
+    return result
+
+  def _log_summary(self):
+    logging.info('Evaluated %d checkpoint(s)%s.', len(self.evaluated),
+                 f'; skipped {", ".join(os.path.basename(p) for p, _ in self.skipped)} (deleted '
+                 'before evaluation)' if self.skipped else '')
+
+
+def _numbered_checkpoints(model_dir: str):
+  """[(step, prefix)] of the `ckpt-<step>` checkpoints in model_dir, by step."""
+  found = []
+  for index_file in tf.io.gfile.glob(os.path.join(model_dir, 'ckpt-*.index')):
+    name = os.path.basename(index_file)[:-len('.index')]
+    if name[len('ckpt-'):].isdigit():
+      found.append((int(name[len('ckpt-'):]), index_file[:-len('.index')]))
+  return sorted(found)
 
 
 def export_model(task: SimCLRTask, model_dir: str, global_step: int) -> str:
   """The task's model as SavedModel model_dir/saved_model/<global_step>."""
   from simclr_tf2.export import export_for_step  # pylint: disable=import-outside-toplevel
-  path = export_for_step(task.model, model_dir, global_step, task.config.keep_hub_module_max)
+  ckpt_lib.assert_all_finite(task.model.variables, global_step, None, 'exported')
+  with os_errors('export SavedModel to', os.path.join(model_dir, 'saved_model', str(global_step))):
+    path = export_for_step(task.model, model_dir, global_step, task.config.keep_hub_module_max)
   logging.info('Exported SavedModel to %s', path)
   return path
 
@@ -312,42 +368,92 @@ class RunResult:
   saved_model: Optional[str] = None
 
 
+def _check_before_writing(config: Config, source) -> int:
+  """Everything knowable before anything is written; returns the number of training examples.
+
+  The splits the mode uses exist and are non-empty, model_dir is (or can become) a writable
+  directory, its checkpoint state file parses, and a `--checkpoint` to start from exists.
+  """
+  if not config.model_dir:
+    raise ConfigError('--model_dir is required')
+  model_dir_lib.check_model_dir(config.model_dir)
+  num_train_examples = source.num_examples(config.train_split)
+  if config.mode != 'train':  # also read at the start of train_then_eval, not after training
+    source.num_examples(config.eval_split)
+  if num_train_examples == 0:
+    raise ValueError(f'--train_split={config.train_split} has no examples')
+  state = model_dir_lib.read_checkpoint_state(config.model_dir)
+  if state is None and config.checkpoint and config.mode != 'eval':
+    ckpt_lib.resolve_checkpoint(config.checkpoint)
+  if state is not None and config.mode != 'eval':
+    ckpt_lib.check_optimizer_matches(state.latest, config.optimizer)
+  return num_train_examples
+
+
 @corrupt_image_errors()
 def run(config: Config, strategy: Optional[tf.distribute.Strategy] = None,
-        callbacks: Optional[Sequence[Callback]] = None) -> RunResult:
+        callbacks: Optional[Sequence[Callback]] = None,
+        flag_values: Optional[dict] = None) -> RunResult:
   """Runs `config.mode` (train, eval, train_then_eval) in `config.model_dir`.
 
   `strategy`: the tf.distribute strategy to run under (default: build_strategy(config)).
   `callbacks`: the Trainer's callbacks (default: default_callbacks(config)).
+  `flag_values`: the command line's flags, written as flags.json (eval_flags.json for mode=eval).
+
+  Everything knowable is checked before anything is written. Training (train, train_then_eval)
+  holds the model_dir's writer lock and removes leftovers of interrupted saves at start-up and
+  after a failure; mode=eval is a reader: it takes no lock and writes its summaries to
+  model_dir/eval.
   """
   config.validate()
-  if not config.model_dir:
-    raise ValueError('--model_dir is required')
   if config.seed is not None:
     keras.utils.set_random_seed(config.seed)
   source = get_source(config.dataset, config.data_dir, config.skip_corrupt_images,
                       config.image_size)
-  num_train_examples = source.num_examples(config.train_split)
+  num_train_examples = _check_before_writing(config, source)
   train_steps = config.total_train_steps(num_train_examples)
   strategy = strategy or build_strategy(config)
   task = SimCLRTask(config, source.num_classes, strategy)
+  if config.mode == 'eval' and not task.can_evaluate:
+    raise ValueError('mode=eval needs a supervised head: use train_mode=finetune or '
+                     '--lineareval_while_pretraining=true')
   result = RunResult(model_dir=config.model_dir)
 
-  def evaluator():
+  def evaluator(summary_dir=None):
     eval_steps = config.total_eval_steps(source.num_examples(config.eval_split))
     return Evaluator(task, config.model_dir,
                      lambda: distributed_dataset(config, source, strategy, is_training=False),
-                     eval_steps)
+                     eval_steps, summary_dir=summary_dir)
 
   if config.mode == 'eval':
-    if not task.can_evaluate:
-      raise ValueError('mode=eval needs a supervised head: use train_mode=finetune or '
-                       '--lineareval_while_pretraining=true')
-    evaluation = evaluator()
+    if flag_values is not None:
+      write_json(os.path.join(config.model_dir, 'eval_flags.json'), flag_values)
+    evaluation = evaluator(os.path.join(config.model_dir, EVAL_SUBDIR))
     result.metrics = evaluation.evaluate_continuously(train_steps, config.eval_timeout)
     result.saved_model = evaluation.saved_model
     return result
 
+  created = not tf.io.gfile.exists(config.model_dir)
+  model_dir_lib.prepare_model_dir(config.model_dir)
+  try:
+    with model_dir_lib.ModelDirLock(config.model_dir):
+      model_dir_lib.remove_stale_temporaries(config.model_dir)
+      try:
+        _train(config, source, strategy, task, callbacks, flag_values, num_train_examples,
+               train_steps, result, evaluator)
+      except BaseException:
+        model_dir_lib.remove_stale_temporaries(config.model_dir)
+        raise
+  except BaseException:
+    if created and not tf.io.gfile.listdir(config.model_dir):
+      tf.io.gfile.rmtree(config.model_dir)  # a run that failed before writing leaves nothing
+    raise
+  return result
+
+
+def _train(config, source, strategy, task, callbacks, flag_values, num_train_examples,
+           train_steps, result, evaluator):
+  """The writer's part of run(): restore, write settings, train, then evaluate or export."""
   steps_per_loop = config.steps_per_loop(num_train_examples)
   logging.info('# train examples: %d, # train steps: %d, steps per loop: %d',
                num_train_examples, train_steps, steps_per_loop)
@@ -355,14 +461,17 @@ def run(config: Config, strategy: Optional[tf.distribute.Strategy] = None,
     logging.warning('Warm-up does not end before training does (%d steps): the learning rate '
                     'never reaches its peak (K22).', train_steps)
   task.build_optimizer(num_train_examples)
-  write_json(os.path.join(config.model_dir, 'config.json'), config.to_dict())
   trainer = Trainer(task, config.model_dir, callbacks)
-  result.checkpoint = trainer.fit(distributed_dataset(config, source, strategy, is_training=True),
-                                  train_steps, steps_per_loop)
+  trainer.restore()  # before writing anything: a checkpoint that does not fit is an error
+  if flag_values is not None:
+    write_json(os.path.join(config.model_dir, 'flags.json'), flag_values)
+  write_json(os.path.join(config.model_dir, 'config.json'), config.to_dict())
+  dataset = distributed_dataset(config, source, strategy, is_training=True,
+                                start_step=trainer.step)
+  result.checkpoint = trainer.fit(dataset, train_steps, steps_per_loop)
   if config.mode == 'train_then_eval' and task.can_evaluate:
     evaluation = evaluator()
     result.metrics = evaluation.evaluate(result.checkpoint)
     result.saved_model = evaluation.saved_model
   else:  # the reference exported only after evaluations (K10)
     result.saved_model = export_model(task, config.model_dir, trainer.step)
-  return result

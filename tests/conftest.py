@@ -30,7 +30,3 @@ def two_replica_strategy():
   # One strategy per process: separate MirroredStrategy objects reuse collective instance keys,
   # and the runtime then mixes up their all-reduces.
   return tf.distribute.MirroredStrategy(devices=TWO_CPUS)
-
-
-def pytest_configure(config):
-  config.addinivalue_line('markers', 'slow: runs a command line in a subprocess (tens of seconds)')

@@ -60,6 +60,63 @@ def test_bad_values_give_one_line_errors_naming_the_flag(overrides, flag):
   assert str(error.value).startswith(f'--{flag}=') and '\n' not in str(error.value)
 
 
+NAN, INF = float('nan'), float('inf')
+FINETUNE = dict(train_mode='finetune')
+
+
+@pytest.mark.parametrize('overrides,message', [
+    (dict(learning_rate=NAN), '--learning_rate=nan: must be finite'),
+    (dict(learning_rate=-0.1), '--learning_rate=-0.1: must be >= 0'),
+    (dict(weight_decay=NAN), '--weight_decay=nan: must be finite'),
+    (dict(weight_decay=INF), '--weight_decay=inf: must be finite'),
+    (dict(warmup_epochs=-INF), '--warmup_epochs=-inf: must be finite'),
+    (dict(temperature=INF), '--temperature=inf: must be finite'),
+    (dict(temperature=0.), '--temperature=0.0: must be > 0'),
+    (dict(momentum=1.), '--momentum=1.0: must be in [0, 1)'),
+    (dict(momentum=NAN), '--momentum=nan: must be finite'),
+    (dict(batch_norm_decay=0.), '--batch_norm_decay=0.0: must be in (0, 1)'),
+    (dict(sk_ratio=NAN), '--sk_ratio=nan: must be finite'),
+    (dict(se_ratio=-1.), '--se_ratio=-1.0: must be >= 0'),
+    (dict(color_jitter_strength=NAN), '--color_jitter_strength=nan: must be finite'),
+    (dict(color_jitter_strength=1.3), '--color_jitter_strength=1.3: must be in [0, 1.25] (larger '
+     'values give negative contrast/saturation bounds)'),
+    (dict(keep_checkpoint_max=-1), '--keep_checkpoint_max=-1: must be >= 1 (the newest '
+     'checkpoint is needed to resume)'),
+    (dict(keep_checkpoint_max=0), '--keep_checkpoint_max=0: must be >= 1 (the newest '
+     'checkpoint is needed to resume)'),
+    (dict(FINETUNE, fine_tune_after_block=7), '--fine_tune_after_block=7: must be in [-1, 4] '
+     '(-1 trains everything, 4 freezes the whole encoder)'),
+    (dict(FINETUNE, fine_tune_after_block=-5), '--fine_tune_after_block=-5: must be in [-1, 4] '
+     '(-1 trains everything, 4 freezes the whole encoder)'),
+    (dict(eval_timeout=-1), '--eval_timeout=-1: must be >= 0'),
+    (dict(train_steps=-1), '--train_steps=-1: must be >= 0'),
+    (dict(eval_batch_size=0), '--eval_batch_size=0: must be >= 1'),
+    (dict(seed=-1), '--seed=-1: must be in [0, 4294967295]'),
+    (dict(seed=2**32), '--seed=4294967296: must be in [0, 4294967295]'),
+    (dict(train_steps=1.5), '--train_steps=1.5: must be an integer'),
+    (dict(image_size=True), '--image_size=True: must be an integer'),
+    (dict(learning_rate='0.1'), "--learning_rate='0.1': must be a number"),
+    (dict(use_blur=1), '--use_blur=1: must be true or false'),
+    (dict(dataset=None), '--dataset=None: must be set'),
+    (dict(model_dir=' '), "--model_dir=' ': must not be empty"),
+])
+def test_bad_values_give_this_exact_one_line_message(overrides, message):
+  with pytest.raises(ValueError) as error:
+    Config(**overrides).validate()
+  assert str(error.value) == message
+
+
+def test_every_number_field_has_a_range_and_the_limits_are_accepted():
+  from simclr_tf2.config import RANGES  # pylint: disable=import-outside-toplevel
+  floats = {f.name for f in Config.fields() if f.type in (float, 'float')}
+  assert floats and floats <= set(RANGES)  # so every float is checked for NaN/inf
+  Config(temperature=1e-9, momentum=0., learning_rate=0., keep_checkpoint_max=1, seed=0,
+         eval_timeout=0, color_jitter_strength=1.25, train_mode='finetune',
+         fine_tune_after_block=4).validate()
+  Config(train_mode='finetune', fine_tune_after_block=-1, seed=2**32 - 1,
+         keep_hub_module_max=-3).validate()  # keep_hub_module_max <= 0 keeps every export
+
+
 def test_unknown_setting_is_named():
   with pytest.raises(TypeError, match='resnet_dept'):
     Config.from_kwargs(resnet_dept=18)

@@ -344,3 +344,61 @@ def test_pipeline_validates_arguments(digits):
   with pytest.raises(ValueError, match="train_mode='linear'"):
     data.build_input_fn(digits, 8, True, split='train', train_mode='linear', image_size=8,
                         color_jitter_strength=1.0, cache_dataset=False)
+
+
+# --- exact resume of a seeded stream ------------------------------------------------------------
+
+def _batches(source, global_batch, context, count, train_mode, cache_dataset=False, **kwargs):
+  input_fn = data.build_input_fn(source, global_batch, True, split='train', train_mode=train_mode,
+                                 image_size=8, color_jitter_strength=1.0,
+                                 cache_dataset=cache_dataset, seed=7, **kwargs)
+  return [(x.numpy(), y.numpy()) for x, y in input_fn(context).take(count)]
+
+
+@pytest.mark.parametrize('context,batches_per_step,cache_dataset,train_mode,start_step', [
+    # 1437 training digits, 32 per step: step 50 is inside epoch 1 (one pipeline)
+    (CONTEXT, 1, False, 'finetune', 50),  # one replica
+    (CONTEXT, 1, True, 'pretrain', 5),  # two augmented views per example, within epoch 0
+    (tf.distribute.InputContext(1, 0, 2), 2, False, 'finetune', 50),  # one pipeline, 2 replicas
+    # second of two pipelines (719 examples each), one replica each: inside epoch 2
+    (tf.distribute.InputContext(2, 1, 2), 1, True, 'finetune', 50),
+])
+def test_seeded_stream_resumed_at_a_step_continues_the_uninterrupted_one(
+    digits, context, batches_per_step, cache_dataset, train_mode, start_step):
+  global_batch, steps = 32, 2
+  count = steps * batches_per_step
+  uninterrupted = _batches(digits, global_batch, context, (start_step + steps) * batches_per_step,
+                           train_mode, cache_dataset)
+  resumed = _batches(digits, global_batch, context, count, train_mode, cache_dataset,
+                     start_step=start_step)
+  assert len(resumed) == count
+  for (x, y), (x_ref, y_ref) in zip(resumed, uninterrupted[-count:]):
+    np.testing.assert_array_equal(y, y_ref)
+    np.testing.assert_array_equal(x, x_ref)
+  assert not np.array_equal(resumed[0][0], uninterrupted[0][0])
+
+
+def test_seeded_epochs_are_permutations_in_new_orders(digits):
+  """Every example once per epoch, each epoch in another order (so the stream is not periodic)."""
+  epoch = digits.num_examples('train')  # 1437 = 3 * 479
+  input_fn = data.build_input_fn(digits, 479, True, split='train', train_mode='finetune',
+                                 image_size=8, color_jitter_strength=0., cache_dataset=False,
+                                 seed=3)
+  label_batches = [y.numpy().argmax(1) for _, y in input_fn(CONTEXT).take(6)]
+  first, second = np.concatenate(label_batches[:3]), np.concatenate(label_batches[3:])
+  counts = np.bincount(_split_arrays(digits, 'train')[1], minlength=10)
+  assert len(first) == epoch
+  np.testing.assert_array_equal(np.bincount(first, minlength=10), counts)
+  np.testing.assert_array_equal(np.bincount(second, minlength=10), counts)
+  assert not np.array_equal(first, second)
+
+
+def test_seeded_stream_works_under_a_global_seed_of_zero(digits):
+  """keras.utils.set_random_seed(0) (what run() does for --seed=0) must not break the stream."""
+  tf.random.set_seed(0)
+  try:
+    first = _batches(digits, 16, CONTEXT, 1, 'pretrain', start_step=100)
+    again = _batches(digits, 16, CONTEXT, 1, 'pretrain', start_step=100)
+  finally:
+    tf.random.set_seed(None)
+  np.testing.assert_array_equal(first[0][0], again[0][0])

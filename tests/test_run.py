@@ -221,10 +221,12 @@ def test_finetune_from_pretrain_zero_inits_head_and_eval_mode_evaluates(finetune
   assert_result(result, 3., finetuned.get_tensor(HEAD_KERNEL))
   assert read_json(os.path.join(model_dir, 'result_3.json')) == result
   assert json.loads(out) == result
-  assert read_json(os.path.join(model_dir, 'flags.json'))['mode'] == 'eval'
-  events = read_events(model_dir)
-  for tag in EVAL_SCALARS:
-    assert [step for step, _ in scalars(events, tag)] == [3], tag
+  # A reader: its own flags file and summaries folder; the training run's are untouched.
+  assert read_json(os.path.join(model_dir, 'eval_flags.json'))['mode'] == 'eval'
+  assert read_json(os.path.join(model_dir, 'flags.json'))['mode'] != 'eval'
+  events = read_events(os.path.join(model_dir, 'eval'))
+  for tag in EVAL_SCALARS:  # every checkpoint, in order (issue 11)
+    assert [step for step, _ in scalars(events, tag)] == [2, 3], tag
   assert checkpoint_steps(model_dir) == [2, 3]  # evaluation writes no checkpoint
 
 
@@ -406,8 +408,8 @@ def test_wrong_architecture_checkpoint_is_a_one_line_error(pretrain_run, tmp_pat
   assert line.startswith('error: checkpoint ') and 'does not match the model' in line
   assert 'missing from the file' in line and 'block_group' in line  # R34 has more blocks
   assert 'resnet_depth' in line
-  # Only the settings written before the restore; no checkpoint, summary or export.
-  assert sorted(os.listdir(model_dir)) == ['config.json', 'flags.json']
+  # Found before anything was written: the model_dir the run created is gone again.
+  assert not model_dir.exists()
 
 
 # --- 6. bad flag values ------------------------------------------------------------------------
