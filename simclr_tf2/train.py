@@ -5,13 +5,14 @@ docs/differences.md.
 
 Public pieces, from low to high level:
   build_strategy(config)        the strategy run() uses when the caller passes none
+  is_chief(strategy)            whether this process writes into model_dir (multi-worker)
   Trainer(task, model_dir)      the loop around a SimCLRTask: restore, blocks, callbacks, save
   Evaluator(task, model_dir)    evaluates checkpoints with the task's eval_step, writes results
   run(config, strategy) -> RunResult   what the `simclr-tf2` command does for one --mode
 """
 
-import dataclasses
 import contextlib
+import dataclasses
 import json
 import logging
 import os
