@@ -12,6 +12,7 @@ import math
 from typing import Any, Dict, Optional
 
 RESNET_DEPTHS = (18, 34, 50, 101, 152, 200)
+PRECISIONS = ('float32', 'mixed_bfloat16', 'mixed_float16')
 MAX_COLOR_JITTER_STRENGTH = 1.25  # beyond it contrast/saturation lower bounds go negative (K24)
 
 
@@ -111,6 +112,14 @@ class Config:
   eval_timeout: Optional[int] = _flag(
       None, 'mode=eval: stop waiting for new checkpoints after this many seconds (K9).',
       official=False)
+  precision: str = _flag(
+      'float32', 'Compute precision. float32: the reference. mixed_bfloat16 (TPUs, CPUs with '
+      'AVX512-BF16/AMX) and mixed_float16 (GPUs; dynamic loss scaling): layers compute in 16 '
+      'bits while variables, batch-norm statistics, the optimizer and the losses stay float32, '
+      'so checkpoints are interchangeable.', choices=PRECISIONS, official=False)
+  jit_compile: bool = _flag(
+      False, 'Compile the forward/backward pass of the training and evaluation steps with XLA '
+      '(off by default: slower on CPUs; try it on GPUs).', official=False)
   skip_corrupt_images: bool = _flag(
       True, 'Image folders: skip unreadable images with a counted warning instead of failing.',
       official=False)

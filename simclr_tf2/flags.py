@@ -45,3 +45,17 @@ def explicitly_set(flag_values=flags.FLAGS):
   """Names of Config flags given on the command line or in a flagfile."""
   return {f.name for f in Config.fields()
           if f.name in flag_values and flag_values[f.name].present}
+
+
+def markdown_table() -> str:
+  """The flag table of docs/training.md: `python -m simclr_tf2.flags` prints it."""
+  rows = ['| flag | default | meaning |', '|---|---|---|']
+  for field in Config.fields():
+    choices = field.metadata['choices']
+    meaning = ('/'.join(choices) + '. ' if choices else '') + field.metadata['help']
+    rows.append(f'| `{field.name}` | `{field.default!r}` | {meaning} |')
+  return '\n'.join(rows)
+
+
+if __name__ == '__main__':
+  print(markdown_table())

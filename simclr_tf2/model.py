@@ -8,6 +8,7 @@ Python API (no absl needed)::
     endpoints = model.call_with_endpoints(images)    # the 10 SavedModel outputs, by name
 """
 
+import contextlib
 from typing import Dict, Optional
 
 import tensorflow as tf
@@ -104,10 +105,12 @@ class SimCLRModel(keras.Model):
     return (None if not pretrain else projection), logits
 
   def call_with_endpoints(self, images, training: bool = False, blur: bool = False):
-    """The official SavedModel outputs for a 3-channel batch, in ENDPOINT_NAMES order."""
+    """The official SavedModel outputs for a 3-channel batch, in ENDPOINT_NAMES order, as
+    float32 whatever the compute precision."""
     endpoints = {}
     self.call(images, training=training, endpoints=endpoints, blur=blur)
-    return {name: endpoints[name] for name in ENDPOINT_NAMES if name in endpoints}
+    return {name: tf.cast(endpoints[name], tf.float32) for name in ENDPOINT_NAMES
+            if name in endpoints}
 
   def create_variables(self):
     """Creates every variable with one inference pass on a dummy batch.
@@ -127,7 +130,23 @@ def build_model(num_classes: Optional[int] = None, config: Optional[Config] = No
   if flag_values:
     config = config.replace(**flag_values)
   config.validate()
-  return SimCLRModel(num_classes, config)
+  with compute_precision(config.precision):
+    return SimCLRModel(num_classes, config)
+
+
+@contextlib.contextmanager
+def compute_precision(precision: str):
+  """Keras layers take the global dtype policy when constructed: set it for this block only.
+
+  'mixed_*' layers keep float32 variables (read as 16-bit inside their calls); batch norm
+  computes its statistics in float32 either way.
+  """
+  previous = keras.mixed_precision.global_policy()
+  keras.mixed_precision.set_global_policy(precision)
+  try:
+    yield
+  finally:
+    keras.mixed_precision.set_global_policy(previous)
 
 
 def decay_excluded_variables(model: SimCLRModel):

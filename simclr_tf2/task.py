@@ -15,6 +15,7 @@ drives it; a user's own loop can drive it the same way:
 from typing import Optional
 
 import tensorflow as tf
+import tf_keras as keras
 
 from simclr_tf2.config import Config
 from simclr_tf2.lars import build_optimizer
@@ -42,6 +43,10 @@ class SimCLRTask:
     self.optimizer = None
     self.schedule = None
     self.train_metrics = None
+    self._updater = None  # the optimizer, behind dynamic loss scaling under mixed_float16
+    # XLA compiles the pure computation only: optimizer updates and summaries stay outside.
+    self._gradients = self._maybe_compile(self._loss_gradients)
+    self._eval_logits = self._maybe_compile(self._logits)
 
   @property
   def can_evaluate(self) -> bool:
@@ -59,6 +64,10 @@ class SimCLRTask:
       # Reading `iterations` creates the legacy optimizer's step counter here, in the strategy
       # scope; created lazily inside a distributed step it would fail.
       _ = self.optimizer.iterations
+      # The checkpoint keeps the inner optimizer (official keys); the loss scale is not saved
+      # and restarts at its initial value on resume.
+      self._updater = (keras.mixed_precision.LossScaleOptimizer(self.optimizer)
+                       if config.precision == 'mixed_float16' else self.optimizer)
     return self.optimizer
 
   @property
@@ -77,21 +86,29 @@ class SimCLRTask:
     """One update on this replica's batch: forward, losses, gradients, optimizer, metrics.
 
     `images` is [b, s, s, 6] (two views) when pretraining, [b, s, s, 3] otherwise; `labels`
-    one-hot [b, num_classes]. Call inside `strategy.run`.
+    one-hot [b, num_classes]. Call inside `strategy.run`. Under mixed_float16, a step whose
+    gradients overflow is skipped (the global step does not advance) and the loss scale halves.
     """
     self._require_optimizer()
+    variables = self.model.trainable_variables
+    gradients = self._gradients(images, labels)
+    self._updater.apply_gradients(zip(gradients, variables))
+
+  def _loss_gradients(self, images, labels):
     config, model, metrics = self.config, self.model, self.train_metrics
     num_replicas = tf.distribute.get_replica_context().num_replicas_in_sync
     with tf.GradientTape() as tape:
       projection, logits = model(images, training=True)
       loss = tf.constant(0.)
       if projection is not None:
+        projection = tf.cast(projection, tf.float32)  # the loss is float32 at any precision
         con_loss, logits_con, labels_con = contrastive_loss(
             projection, hidden_norm=config.hidden_norm, temperature=config.temperature,
             strategy=self.strategy)
         loss += con_loss
         metrics.update_contrastive(con_loss, logits_con, labels_con)
       if logits is not None:
+        logits = tf.cast(logits, tf.float32)
         if config.train_mode == 'pretrain':  # the linear-eval head classifies both views
           labels = tf.concat([labels, labels], 0)
         sup_loss = supervised_loss(labels, logits)
@@ -101,8 +118,12 @@ class SimCLRTask:
       loss += decay
       metrics.update_total(decay, loss)
       loss /= num_replicas  # gradients are summed across replicas
+      if self._updater is not self.optimizer:
+        loss = self._updater.get_scaled_loss(loss)
     gradients = tape.gradient(loss, model.trainable_variables)
-    self.optimizer.apply_gradients(zip(gradients, model.trainable_variables))
+    if self._updater is not self.optimizer:
+      gradients = self._updater.get_unscaled_gradients(gradients)
+    return gradients
 
   def eval_step(self, images, labels):
     """Accumulates the supervised head's top-1/top-5 on this replica's batch into
@@ -110,9 +131,15 @@ class SimCLRTask:
     if not self.can_evaluate:
       raise ValueError('this model has no supervised head to evaluate: use '
                        'train_mode=finetune or lineareval_while_pretraining=true')
-    _, logits = self.model(images, training=False)
-    self.eval_metrics.update(labels, logits, weight_decay_loss(
+    self.eval_metrics.update(labels, self._eval_logits(images), weight_decay_loss(
         self.model.trainable_variables, self.config.optimizer, self.config.weight_decay))
+
+  def _logits(self, images):
+    _, logits = self.model(images, training=False)
+    return tf.cast(logits, tf.float32)
+
+  def _maybe_compile(self, function):
+    return tf.function(function, jit_compile=True) if self.config.jit_compile else function
 
   def _require_optimizer(self):
     if self.optimizer is None:

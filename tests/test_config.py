@@ -8,10 +8,12 @@ import re
 import pytest
 
 from conftest import GOLDEN_DIR
+from simclr_tf2.flags import markdown_table
 from simclr_tf2.config import Config
 
 SPEC_FLAGS = GOLDEN_DIR.parent / 'flags.md'
 README = pathlib.Path(__file__).resolve().parents[1] / 'README.md'
+FLAGS_PAGE = README.parent / 'docs' / 'training.md'
 
 
 def _spec_flag_table():
@@ -79,13 +81,14 @@ def test_steps_per_loop_is_never_zero():
   assert Config(train_batch_size=512).steps_per_loop(100) == 1
 
 
-def test_readme_flag_table_matches_config():
+def test_flag_table_matches_config():
   table = {}
-  for line in README.read_text().splitlines():
+  for line in FLAGS_PAGE.read_text().splitlines():
     match = re.match(r'\| `(\w+)` \| `([^`]*)` \|', line)
     if match:
       table[match.group(1)] = match.group(2)
   assert table == {f.name: repr(f.default) for f in Config.fields()}
+  assert markdown_table() in FLAGS_PAGE.read_text()  # regenerate: python -m simclr_tf2.flags
 
 
 def test_readme_starts_with_the_two_commands():

@@ -1,0 +1,168 @@
+"""One training-speed measurement in a fresh process (run by bench/bench.py; prints one JSON line).
+
+    python bench/train_worker.py '{"code": DIR, "resnet_depth": 18, "image_size": 32,
+                                   "batch": 128, "precision": "float32", "jit": false,
+                                   "steps": 3, "blocks": 3, "profile": false}'
+
+`code` is the source tree to import simclr_tf2 from: this checkout, or the baseline commit
+extracted by bench.py. The baseline predates the public Task/Trainer API, so for it the worker
+drives its Experiment's loop function (the only way that code exposes a step).
+
+Figures: warm-up seconds (construction, tracing and the first block), images/s of each further
+block, peak resident memory, and the loss of one fixed batch from the same initial weights (to
+check that two code trees compute the same numbers). With `profile`, the step time is split into
+input, forward, forward+backward and full step.
+"""
+
+import json
+import os
+import resource
+import sys
+import tempfile
+import time
+
+ARGS = json.loads(sys.argv[1])
+sys.path.insert(0, ARGS['code'])
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+os.environ.setdefault('TF_USE_LEGACY_KERAS', '1')
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+import tf_keras as keras  # noqa: E402
+
+from simclr_tf2 import config as config_lib  # noqa: E402
+from simclr_tf2.data import get_source  # noqa: E402
+
+NEW_API = os.path.exists(os.path.join(ARGS['code'], 'simclr_tf2', 'task.py'))
+
+
+def build(config):
+  """(step(iterator, n), iterator, model, metrics, loss_of(images, labels))."""
+  strategy = tf.distribute.get_strategy()
+  if NEW_API:
+    from simclr_tf2.task import SimCLRTask  # pylint: disable=import-outside-toplevel
+    from simclr_tf2.train import Trainer, distributed_dataset  # pylint: disable=import-outside-toplevel
+    source = get_source(config.dataset, image_size=config.image_size)
+    task = SimCLRTask(config, source.num_classes, strategy)
+    task.build_optimizer(source.num_examples(config.train_split))
+    trainer = Trainer(task, config.model_dir, callbacks=[])
+    iterator = iter(distributed_dataset(config, source, strategy, is_training=True))
+    return trainer.train_blocks, iterator, task.model, task.train_metrics
+  from simclr_tf2.train import Experiment  # pylint: disable=import-outside-toplevel
+  from simclr_tf2.lars import build_optimizer  # pylint: disable=import-outside-toplevel
+  from simclr_tf2.metrics import TrainMetrics  # pylint: disable=import-outside-toplevel
+  from simclr_tf2.schedule import WarmUpAndCosineDecay  # pylint: disable=import-outside-toplevel
+  experiment = Experiment(config, strategy)
+  with strategy.scope():
+    optimizer = build_optimizer(config.optimizer, WarmUpAndCosineDecay.from_config(
+        config, experiment.num_train_examples), config.momentum, config.weight_decay)
+    metrics = TrainMetrics(config.train_mode, config.lineareval_while_pretraining)
+  loop = experiment._train_loop_function(optimizer, metrics)  # pylint: disable=protected-access
+  iterator = iter(experiment.distributed_dataset(is_training=True))
+  return (lambda it, n: loop(it, tf.constant(n, tf.int32))), iterator, experiment.model, metrics
+
+
+def input_only(config):
+  """images/s of the input pipeline alone (decode, two augmented views, batching)."""
+  from simclr_tf2.data import build_distributed_dataset  # pylint: disable=import-outside-toplevel
+  source = get_source(config.dataset, data_dir=config.data_dir, image_size=config.image_size)
+  dataset = build_distributed_dataset(
+      source, config.train_batch_size, True, tf.distribute.get_strategy(),
+      split=config.train_split, train_mode='pretrain', image_size=config.image_size,
+      color_jitter_strength=1.0, cache_dataset=config.cache_dataset, seed=0)
+  iterator = iter(dataset)
+  for _ in range(3):  # start-up, autotuning
+    next(iterator)
+  rates = []
+  for _ in range(ARGS['blocks']):
+    begin = time.perf_counter()
+    for _ in range(ARGS['steps']):
+      tf.nest.map_structure(lambda t: t.numpy(), next(iterator))
+    rates.append(ARGS['steps'] * config.train_batch_size / (time.perf_counter() - begin))
+  return {'images_per_s': rates}
+
+
+def main():
+  if ARGS.get('input_only'):
+    config = config_lib.Config(dataset=ARGS.get('dataset', 'digits'), data_dir=ARGS.get('data_dir'),
+                               image_size=ARGS['image_size'], train_batch_size=ARGS['batch'],
+                               cache_dataset=ARGS.get('dataset', 'digits') == 'digits',
+                               lineareval_while_pretraining=False, use_tpu=False)
+    result = input_only(config)
+    result['peak_rss_mib'] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps(result))
+    return
+  overrides = {'precision': ARGS['precision'], 'jit_compile': ARGS['jit']} if NEW_API else {}
+  config = config_lib.Config(
+      dataset='digits', use_tpu=False, resnet_depth=ARGS['resnet_depth'],
+      image_size=ARGS['image_size'], train_batch_size=ARGS['batch'], use_blur=True,
+      train_steps=10 ** 6, checkpoint_steps=ARGS['steps'], seed=0, cache_dataset=True,
+      model_dir=tempfile.mkdtemp(prefix='simclr_bench_'), **overrides)
+  keras.utils.set_random_seed(0)  # same initial weights in both code trees
+  start = time.perf_counter()
+  step, iterator, model, metrics = build(config)
+  initial_weights = [np.array(w) for w in model.get_weights()]
+  step(iterator, ARGS['steps'])
+  metrics.results()  # waits for the device
+  warm_up = time.perf_counter() - start
+  rates = []
+  for _ in range(ARGS['blocks']):
+    metrics.reset()
+    begin = time.perf_counter()
+    step(iterator, ARGS['steps'])
+    metrics.results()
+    rates.append(ARGS['steps'] * ARGS['batch'] / (time.perf_counter() - begin))
+  result = {'warm_up_s': warm_up, 'images_per_s': rates,
+            'loss_fixed_batch': fixed_batch_loss(model, config, initial_weights)}
+  if ARGS.get('profile'):
+    result['profile_ms'] = profile(model, config, iterator)
+  result['peak_rss_mib'] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+  print(json.dumps(result))
+
+
+def fixed_batch_loss(model, config, initial_weights):
+  """NT-Xent + weight decay of one fixed batch from the initial weights (training-mode BN)."""
+  from simclr_tf2.objective import contrastive_loss  # pylint: disable=import-outside-toplevel
+  model.set_weights(initial_weights)
+  rng = np.random.default_rng(0)
+  images = tf.constant(rng.uniform(size=[8, config.image_size, config.image_size, 6]),
+                       tf.float32)
+  projection, _ = model(images, training=True, blur=False)
+  loss, _, _ = contrastive_loss(tf.cast(projection, tf.float32), hidden_norm=True,
+                                temperature=config.temperature)
+  return float(loss)
+
+
+def profile(model, config, iterator):
+  """Median milliseconds per step of: input only, forward, forward + backward."""
+  images, labels = next(iterator)
+
+  @tf.function
+  def forward(images):
+    return model(images, training=True)[0]
+
+  @tf.function
+  def forward_backward(images):
+    with tf.GradientTape() as tape:
+      loss = tf.reduce_sum(tf.cast(model(images, training=True)[0], tf.float32))
+    return tape.gradient(loss, model.trainable_variables)
+
+  def timed(function, repeats=3):
+    function()  # trace
+    times = []
+    for _ in range(repeats):
+      begin = time.perf_counter()
+      function()
+      times.append((time.perf_counter() - begin) * 1000)
+    return float(np.median(times))
+
+  def materialise(value):
+    tf.nest.map_structure(lambda t: t.numpy() if hasattr(t, 'numpy') else t, value)
+
+  return {'input': timed(lambda: materialise(next(iterator))),
+          'forward': timed(lambda: materialise(forward(images))),
+          'forward_backward': timed(lambda: materialise(forward_backward(images)))}
+
+
+if __name__ == '__main__':
+  main()
