@@ -5,17 +5,21 @@ docs/differences.md.
 
 Public pieces, from low to high level:
   build_strategy(config)        the strategy run() uses when the caller passes none
+  is_chief(strategy)            whether this process writes into model_dir (multi-worker)
   Trainer(task, model_dir)      the loop around a SimCLRTask: restore, blocks, callbacks, save
   Evaluator(task, model_dir)    evaluates checkpoints with the task's eval_step, writes results
   run(config, strategy) -> RunResult   what the `simclr-tf2` command does for one --mode
 """
 
+import contextlib
 import dataclasses
 import json
 import logging
 import os
+import shutil
+import tempfile
 import time
-from typing import Callable, Iterable, Optional, Sequence
+from typing import Callable, Iterable, Mapping, Optional, Sequence
 
 import tensorflow as tf
 import tf_keras as keras
@@ -31,6 +35,7 @@ from simclr_tf2.task import SimCLRTask
 
 EVAL_POLL_SECONDS = 15
 EVAL_SUBDIR = 'eval'  # mode=eval's summaries: a reader writes nothing the training run owns
+MAX_SLURM_TASKS_PER_NODE = 1024  # on CPU nodes (see slurm_cluster_resolver)
 _STRATEGIES = {}  # build_strategy's per-process strategies, by kind
 
 
@@ -44,17 +49,43 @@ def write_json(path, value):
     tf.io.gfile.rename(temporary, path, overwrite=True)
 
 
-def strategy_kind(config: Config, tf_config: Optional[str]) -> str:
-  """'tpu', 'multi_worker' (a TF_CONFIG cluster of several workers) or 'mirrored'."""
+def strategy_kind(config: Config, tf_config: Optional[str],
+                  environ: Optional[Mapping[str, str]] = None) -> str:
+  """'tpu', 'multi_worker' (a TF_CONFIG cluster of several workers), 'slurm' (no TF_CONFIG, in
+  a SLURM job step of several tasks, i.e. under `srun`) or 'mirrored'.
+
+  `environ`: the process environment (default: none, i.e. no SLURM).
+  """
   if config.use_tpu:
     return 'tpu'
-  cluster = json.loads(tf_config or '{}').get('cluster', {})
-  multi_worker = len(cluster.get('worker', [])) + len(cluster.get('chief', [])) > 1
-  return 'multi_worker' if multi_worker else 'mirrored'
+  if tf_config:
+    cluster = json.loads(tf_config).get('cluster', {})
+    multi_worker = len(cluster.get('worker', [])) + len(cluster.get('chief', [])) > 1
+    return 'multi_worker' if multi_worker else 'mirrored'
+  environ = environ or {}
+  if 'SLURM_PROCID' in environ and int(environ.get('SLURM_STEP_NUM_TASKS', '1')) > 1:
+    return 'slurm'
+  return 'mirrored'
+
+
+def slurm_cluster_resolver() -> tf.distribute.cluster_resolver.SlurmClusterResolver:
+  """The cluster of this SLURM job step: one worker per task, ports 8888, 8889, ... per node.
+
+  On GPU nodes TensorFlow shares each node's GPUs out among its tasks (it sets
+  CUDA_VISIBLE_DEVICES). It cannot count zero GPUs (no task would get an address), so on CPU
+  nodes (CUDA_VISIBLE_DEVICES empty, or unset without nvidia-smi) each task gets a placeholder
+  GPU id that is never applied.
+  """
+  visible = os.environ.get('CUDA_VISIBLE_DEVICES')
+  if visible or (visible is None and shutil.which('nvidia-smi')):
+    return tf.distribute.cluster_resolver.SlurmClusterResolver()
+  return tf.distribute.cluster_resolver.SlurmClusterResolver(
+      gpus_per_node=MAX_SLURM_TASKS_PER_NODE, gpus_per_task=1, auto_set_gpu=False)
 
 
 def build_strategy(config: Config):
-  """TPUStrategy, MultiWorkerMirroredStrategy (TF_CONFIG with several workers) or Mirrored.
+  """TPUStrategy, MultiWorkerMirroredStrategy (TF_CONFIG with several workers, or a SLURM job
+  step of several tasks) or Mirrored; see strategy_kind.
 
   One Mirrored strategy per process: a second one reuses the first one's collective instance
   keys and its all-reduces (sync BN) then fail, e.g. on a second run() in a notebook. Pass your
@@ -72,14 +103,49 @@ def build_strategy(config: Config):
     logging.info('TPU topology: %d tasks, %d TPUs per task', topology.num_tasks,
                  topology.num_tpus_per_task)
     return tf.distribute.TPUStrategy(resolver)
-  kind = strategy_kind(config, os.environ.get('TF_CONFIG'))
+  kind = strategy_kind(config, os.environ.get('TF_CONFIG'), os.environ)
   if kind not in _STRATEGIES:
-    _STRATEGIES[kind] = (tf.distribute.MultiWorkerMirroredStrategy() if kind == 'multi_worker'
-                         else tf.distribute.MirroredStrategy())
+    if kind == 'slurm':
+      _STRATEGIES[kind] = tf.distribute.MultiWorkerMirroredStrategy(
+          cluster_resolver=slurm_cluster_resolver())
+    elif kind == 'multi_worker':
+      _STRATEGIES[kind] = tf.distribute.MultiWorkerMirroredStrategy()
+    else:
+      _STRATEGIES[kind] = tf.distribute.MirroredStrategy()
   strategy = _STRATEGIES[kind]
   logging.info('Running on %d replica(s) with %s', strategy.num_replicas_in_sync,
                type(strategy).__name__)
   return strategy
+
+
+def is_chief(strategy: tf.distribute.Strategy) -> bool:
+  """Whether this process writes model_dir's checkpoints, results and exports: always, except
+  on the non-chief workers of a multi-worker strategy."""
+  return strategy.extended.should_checkpoint
+
+
+def summary_writer_for(strategy: tf.distribute.Strategy, model_dir: str):
+  """model_dir's TensorBoard writer on the chief, a writer that writes nothing elsewhere."""
+  if strategy.extended.should_save_summary:
+    return tf.summary.create_file_writer(model_dir)
+  return tf.summary.create_noop_writer()
+
+
+@contextlib.contextmanager
+def scratch_dir(strategy: tf.distribute.Strategy, model_dir: str):
+  """model_dir on the chief; elsewhere a temporary directory, deleted on exit.
+
+  Every worker must run each save (saving can read variables with collective ops), but only
+  the chief's may land in model_dir.
+  """
+  if is_chief(strategy):
+    yield model_dir
+    return
+  directory = tempfile.mkdtemp(prefix='simclr_worker_')
+  try:
+    yield directory
+  finally:
+    shutil.rmtree(directory, ignore_errors=True)
 
 
 def distributed_dataset(config: Config, source, strategy, is_training: bool, start_step: int = 0):
@@ -109,7 +175,8 @@ def default_callbacks(config: Config) -> list:
 class Trainer:
   """Runs a SimCLRTask's train_step in blocks of steps inside one tf.function per block.
 
-  Owns the checkpoints of `model_dir` (`ckpt-<step>`, official layout) and its summary writer.
+  Owns the checkpoints of `model_dir` (`ckpt-<step>`, official layout) and its summary writer;
+  on a non-chief worker of a multi-worker strategy it writes neither there (see scratch_dir).
   `fit()` resumes from the newest checkpoint of model_dir, else initialises the model from
   `config.checkpoint` (when set), then trains to exactly `train_steps`.
   """
@@ -122,11 +189,13 @@ class Trainer:
     self.model_dir = model_dir
     self.callbacks = list(default_callbacks(task.config) if callbacks is None else callbacks)
     self.train_steps = None
+    self.is_chief = is_chief(task.strategy)
     tf.io.gfile.makedirs(model_dir)
     with task.strategy.scope():
       self.checkpoint = task.checkpoint()
-      self.checkpoint_manager = tf.train.CheckpointManager(
-          self.checkpoint, model_dir, max_to_keep=task.config.keep_checkpoint_max)
+    self.checkpoint_manager = None
+    if self.is_chief:
+      self.checkpoint_manager = self._checkpoint_manager(model_dir)
     self._summary_writer = None
     self._restored = False
     self._train_loop = None
@@ -137,7 +206,7 @@ class Trainer:
     """The TensorBoard writer of model_dir, created on first use (a failed restore leaves no
     event file behind)."""
     if self._summary_writer is None:
-      self._summary_writer = tf.summary.create_file_writer(self.model_dir)
+      self._summary_writer = summary_writer_for(self.task.strategy, self.model_dir)
     return self._summary_writer
 
   @property
@@ -146,7 +215,10 @@ class Trainer:
 
   @property
   def latest_checkpoint(self) -> Optional[str]:
-    return self.checkpoint_manager.latest_checkpoint
+    """The newest checkpoint of model_dir (every worker resumes from the chief's)."""
+    if self.is_chief:
+      return self.checkpoint_manager.latest_checkpoint
+    return tf.train.latest_checkpoint(self.model_dir)
 
   def restore(self) -> Optional[str]:
     """Resumes model, step and optimizer from model_dir, else loads `config.checkpoint` into
@@ -173,10 +245,20 @@ class Trainer:
 
   def save_checkpoint(self, step: int) -> str:
     """Saves ckpt-<step>; refuses (TrainingError) variables holding NaN/inf: the last update
-    of a block can diverge after the block's losses were computed."""
+    of a block can diverge after the block's losses were computed. A non-chief worker saves
+    into a scratch directory (every worker must take part in a save)."""
     ckpt_lib.assert_all_finite(self.task.model.variables, step, self.latest_checkpoint)
-    with os_errors('save checkpoint', os.path.join(self.model_dir, f'ckpt-{step}')):
-      return self.checkpoint_manager.save(checkpoint_number=step)
+    if self.is_chief:
+      with os_errors('save checkpoint', os.path.join(self.model_dir, f'ckpt-{step}')):
+        return self.checkpoint_manager.save(checkpoint_number=step)
+    with scratch_dir(self.task.strategy, self.model_dir) as directory:
+      self._checkpoint_manager(directory).save(checkpoint_number=step)
+    return self.latest_checkpoint
+
+  def _checkpoint_manager(self, directory):
+    with self.task.strategy.scope():
+      return tf.train.CheckpointManager(self.checkpoint, directory,
+                                        max_to_keep=self.task.config.keep_checkpoint_max)
 
   def train_blocks(self, iterator, num_steps: int) -> None:
     """Runs `num_steps` training steps on `iterator` in one call of the compiled loop."""
@@ -278,15 +360,16 @@ class Evaluator:
         logging.warning('Eval split exhausted after %d of %d steps.', index, self.eval_steps)
         break
     result = task.eval_metrics.results()
-    summary_writer = tf.summary.create_file_writer(self.summary_dir)
+    summary_writer = summary_writer_for(task.strategy, self.summary_dir)
     with summary_writer.as_default():
       for tag, value in result.items():
         tf.summary.scalar(tag, value, step=global_step)
     summary_writer.flush()
     result['global_step'] = float(global_step)  # a float, like the reference (K28)
     logging.info('Evaluation at step %d: %s', global_step, format_metrics(result))
-    write_json(os.path.join(self.model_dir, f'result_{global_step}.json'), result)
-    write_json(os.path.join(self.model_dir, 'result.json'), result)
+    if is_chief(task.strategy):
+      write_json(os.path.join(self.model_dir, f'result_{global_step}.json'), result)
+      write_json(os.path.join(self.model_dir, 'result.json'), result)
     if self.export:
       self.saved_model = export_model(task, self.model_dir, global_step)
     return result
@@ -346,12 +429,18 @@ def _numbered_checkpoints(model_dir: str):
   return sorted(found)
 
 
-def export_model(task: SimCLRTask, model_dir: str, global_step: int) -> str:
-  """The task's model as SavedModel model_dir/saved_model/<global_step>."""
+def export_model(task: SimCLRTask, model_dir: str, global_step: int) -> Optional[str]:
+  """The task's model as SavedModel model_dir/saved_model/<global_step>; None on a non-chief
+  worker, which exports into a deleted scratch directory (see scratch_dir)."""
   from simclr_tf2.export import export_for_step  # pylint: disable=import-outside-toplevel
   ckpt_lib.assert_all_finite(task.model.variables, global_step, None, 'exported')
-  with os_errors('export SavedModel to', os.path.join(model_dir, 'saved_model', str(global_step))):
-    path = export_for_step(task.model, model_dir, global_step, task.config.keep_hub_module_max)
+  with scratch_dir(task.strategy, model_dir) as directory:
+    with os_errors('export SavedModel to', os.path.join(directory, 'saved_model',
+                                                          str(global_step))):
+      path = export_for_step(task.model, directory, global_step,
+                             task.config.keep_hub_module_max)
+  if not is_chief(task.strategy):
+    return None
   logging.info('Exported SavedModel to %s', path)
   return path
 
@@ -433,6 +522,10 @@ def run(config: Config, strategy: Optional[tf.distribute.Strategy] = None,
     result.saved_model = evaluation.saved_model
     return result
 
+  if not is_chief(strategy):  # the chief holds the lock and owns model_dir's files
+    _train(config, source, strategy, task, callbacks, flag_values, num_train_examples,
+           train_steps, result, evaluator)
+    return result
   created = not tf.io.gfile.exists(config.model_dir)
   model_dir_lib.prepare_model_dir(config.model_dir)
   try:
@@ -463,9 +556,10 @@ def _train(config, source, strategy, task, callbacks, flag_values, num_train_exa
   task.build_optimizer(num_train_examples)
   trainer = Trainer(task, config.model_dir, callbacks)
   trainer.restore()  # before writing anything: a checkpoint that does not fit is an error
-  if flag_values is not None:
-    write_json(os.path.join(config.model_dir, 'flags.json'), flag_values)
-  write_json(os.path.join(config.model_dir, 'config.json'), config.to_dict())
+  if is_chief(strategy):
+    if flag_values is not None:
+      write_json(os.path.join(config.model_dir, 'flags.json'), flag_values)
+    write_json(os.path.join(config.model_dir, 'config.json'), config.to_dict())
   dataset = distributed_dataset(config, source, strategy, is_training=True,
                                 start_step=trainer.step)
   result.checkpoint = trainer.fit(dataset, train_steps, steps_per_loop)

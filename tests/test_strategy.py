@@ -5,6 +5,7 @@ Kn: defect numbers of the official code, listed in docs/differences.md.
 """
 
 import json
+import os
 
 import pytest
 import tensorflow as tf
@@ -38,3 +39,40 @@ def test_strategy_is_reused_within_a_process():
   first = train.build_strategy(Config(use_tpu=False))
   assert isinstance(first, tf.distribute.MirroredStrategy)
   assert train.build_strategy(Config(use_tpu=False)) is first
+
+
+SLURM_STEP = {'SLURM_JOB_ID': '7', 'SLURM_PROCID': '1', 'SLURM_STEP_NUM_TASKS': '2',
+              'SLURM_STEP_NODELIST': 'node[01-02]', 'SLURM_STEP_TASKS_PER_NODE': '1(x2)'}
+
+
+@pytest.mark.parametrize('tf_config,environ,expected', [
+    (None, SLURM_STEP, 'slurm'),
+    (None, {**SLURM_STEP, 'SLURM_STEP_NUM_TASKS': '1'}, 'mirrored'),  # srun -n 1
+    (None, {'SLURM_JOB_ID': '7', 'SLURM_NTASKS': '4'}, 'mirrored'),  # the batch script itself
+    ({'cluster': {'worker': ['localhost:1']}, 'task': {'type': 'worker', 'index': 0}},
+     SLURM_STEP, 'mirrored'),  # an explicit TF_CONFIG wins
+    ({'cluster': {'worker': ['localhost:1', 'localhost:2']}, 'task': {'type': 'worker',
+                                                                     'index': 0}},
+     SLURM_STEP, 'multi_worker'),
+    (None, {}, 'mirrored')])
+def test_a_slurm_step_of_several_tasks_selects_slurm(tf_config, environ, expected):
+  tf_config = None if tf_config is None else json.dumps(tf_config)
+  assert train.strategy_kind(Config(use_tpu=False), tf_config, environ) == expected
+  assert train.strategy_kind(Config(use_tpu=True), tf_config, environ) == 'tpu'
+
+
+@pytest.mark.parametrize('nodes,tasks_per_node,visible_gpus,expected_workers,own_gpus', [
+    ('node[01-02]', '1(x2)', '', ['node01:8888', 'node02:8888'], ''),  # CPU nodes: untouched
+    ('node01', '2', '0,1', ['node01:8888', 'node01:8889'], '1'),  # task 1 gets GPU 1
+])
+def test_slurm_cluster_resolver_makes_one_worker_per_task(monkeypatch, nodes, tasks_per_node,
+                                                          visible_gpus, expected_workers,
+                                                          own_gpus):
+  for name, value in {**SLURM_STEP, 'SLURM_STEP_NODELIST': nodes,
+                      'SLURM_STEP_TASKS_PER_NODE': tasks_per_node,
+                      'CUDA_VISIBLE_DEVICES': visible_gpus}.items():
+    monkeypatch.setenv(name, value)
+  resolver = train.slurm_cluster_resolver()
+  assert resolver.cluster_spec().as_dict() == {'worker': expected_workers}
+  assert (resolver.task_type, resolver.task_id) == ('worker', 1)
+  assert os.environ['CUDA_VISIBLE_DEVICES'] == own_gpus
