@@ -18,6 +18,8 @@ _EXPORTS = {
     'RunResult': 'simclr_tf2.train',
     'build_strategy': 'simclr_tf2.train',
     'Callback': 'simclr_tf2.callbacks',
+    'load_model': 'simclr_tf2.loading',
+    'LoadedModel': 'simclr_tf2.loading',
     'SimCLRError': 'simclr_tf2.errors',
 }
 

@@ -12,6 +12,7 @@ import time
 
 import tensorflow as tf
 
+from simclr_tf2 import console
 from simclr_tf2.errors import TrainingError
 
 
@@ -80,6 +81,27 @@ class ProgressLogger(Callback):
                  format_metrics(metrics), logs.get('learning_rate', float('nan')),
                  images_per_second, format_duration(eta))
     self._last_step, self._block_start = step, now
+
+
+class ProgressBar(Callback):
+  """The console's live progress line (simclr_tf2.console.Progress): steps, metrics, images/s
+  and ETA; a plain line per block when the output is not a terminal. Entry points add it in
+  quiet mode, where ProgressLogger's lines go to the log file only."""
+
+  def __init__(self, batch_size: int, title: str = 'train'):
+    self.batch_size = batch_size
+    self.title = title
+    self._progress = None
+
+  def on_train_begin(self, trainer):
+    self._progress = console.Progress(trainer.train_steps, self.title,
+                                      images_per_step=self.batch_size)
+
+  def on_block_end(self, trainer, step, logs):
+    self._progress.update(step, **logs)
+
+  def on_train_end(self, trainer, step):
+    self._progress.close()
 
 
 def format_metrics(values: dict) -> str:

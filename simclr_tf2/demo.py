@@ -1,19 +1,20 @@
-"""Offline demo: SimCLR pretraining on the embedded digits dataset, then linear evaluation of the
-pretrained encoder and of the same encoder at random initialisation.
+"""Offline demo: SimCLR pretraining on the embedded digits dataset, linear evaluation of the
+pretrained encoder, then what the encoder learned: kNN and linear-probe accuracy of raw pixels, a
+random-init encoder and the pretrained encoder, a t-SNE scatter and a thumbnail map.
 
     python -m simclr_tf2.demo [--model_dir=/tmp/simclr_tf2_digits_demo] [--pretrain_epochs=N]
 
 Recipes: digits_demo (pretraining) and digits_demo_linear_eval (evaluation), in flags/.
 """
 
-import logging as std_logging
 import os
 import sys
+import time
 
 from absl import app, flags, logging
 
+from simclr_tf2 import console, recipes
 from simclr_tf2 import flags as config_flags
-from simclr_tf2 import recipes
 
 DEFAULT_MODEL_DIR = '/tmp/simclr_tf2_digits_demo'
 
@@ -31,32 +32,31 @@ def _epochs(value):
 
 
 def run_demo(model_dir=DEFAULT_MODEL_DIR, pretrain_epochs=None, linear_eval_epochs=None):
-  """Pretrains, linear-evaluates pretrained and random-init encoders; returns {label: result}."""
+  """Pretrains, linear-evaluates the pretrained encoder and scores frozen features (raw pixels,
+  random-init and pretrained encoders); prints the tables; returns the results."""
   from simclr_tf2 import train  # pylint: disable=import-outside-toplevel
+  from simclr_tf2.callbacks import ProgressBar  # pylint: disable=import-outside-toplevel
   pretrain = recipe('digits_demo.cfg', model_dir=os.path.join(model_dir, 'pretrain'),
                     **_epochs(pretrain_epochs))
   linear_eval = recipe('digits_demo.cfg', 'digits_demo_linear_eval.cfg',
+                       checkpoint=pretrain.model_dir,
+                       model_dir=os.path.join(model_dir, 'linear_eval_pretrained'),
                        **_epochs(linear_eval_epochs))
   strategy = train.build_strategy(pretrain)
-  train.run(pretrain, strategy)
-  results = {}
-  for label, checkpoint in (('SimCLR-pretrained encoder', pretrain.model_dir),
-                            ('random-init encoder', None)):
-    run_dir = os.path.join(model_dir, 'linear_eval_' + ('pretrained' if checkpoint else
-                                                        'random_init'))
-    results[label] = train.run(linear_eval.replace(checkpoint=checkpoint, model_dir=run_dir),
-                               strategy).metrics
-  train.write_json(os.path.join(model_dir, 'demo_results.json'), results)
-  print(f'\nLinear evaluation on the digits test split ({pretrain.resnet_depth}-layer ResNet, '
-        f'{pretrain.image_size} px, {pretrain.train_epochs} pretraining epochs):')
-  print(f'  {"encoder":28s} {"top-1":>7s} {"top-5":>7s}')
-  for label, result in results.items():
-    print(f'  {label:28s} {result["eval/label_top_1_accuracy"]:7.3f} '
-          f'{result["eval/label_top_5_accuracy"]:7.3f}')
-  print(f'Results: {os.path.join(model_dir, "demo_results.json")}')
-
-  # --- Representation scores (issue 12): kNN and linear probe on frozen features --------------
+  progress_bar = console.is_quiet()
+  for config, title in ((pretrain, 'pretrain'), (linear_eval, 'linear eval')):
+    callbacks = train.default_callbacks(config)
+    if progress_bar:
+      callbacks.append(ProgressBar(config.train_batch_size, title))
+    result = train.run(config, strategy, callbacks)
+  results = {'linear_eval': result.metrics}
+  print(f'\nLinear evaluation of the pretrained encoder on the digits {linear_eval.eval_split} '
+        f'split ({pretrain.resnet_depth}-layer ResNet, {pretrain.image_size} px, '
+        f'{pretrain.train_epochs} pretraining epochs): top-1 '
+        f'{result.metrics["eval/label_top_1_accuracy"]:.3f}, top-5 '
+        f'{result.metrics["eval/label_top_5_accuracy"]:.3f}')
   results['representation_scores'] = _representation_scores(pretrain, model_dir, strategy)
+  train.write_json(os.path.join(model_dir, 'demo_results.json'), results)
   return results
 
 
@@ -66,6 +66,8 @@ def _representation_scores(pretrain, model_dir, strategy):
   from simclr_tf2 import ablation  # pylint: disable=import-outside-toplevel
   from simclr_tf2.data import get_source  # pylint: disable=import-outside-toplevel
   from simclr_tf2.loading import load_model  # pylint: disable=import-outside-toplevel
+  print('\nScoring frozen features (raw pixels, random-init and pretrained encoders) ...',
+        flush=True)
   output_dir = os.path.join(model_dir, 'embeddings')
   result = ablation.representation_scores(
       load_model(pretrain.model_dir, strategy=strategy),
@@ -77,7 +79,6 @@ def _representation_scores(pretrain, model_dir, strategy):
   print(ablation.format_table(result.scores))
   for path in result.plots:
     print(f'Plot: {path}')
-  print(f'Scores: {os.path.join(output_dir, "scores.json")}')
   return result.scores
 
 
@@ -99,12 +100,30 @@ def _parse_command_line(argv):
 
 
 def main(values):
-  std_logging.getLogger('tensorflow').setLevel(std_logging.WARNING)
-  run_demo(values.model_dir, values.pretrain_epochs, values.linear_eval_epochs)
+  console.quiet_tensorflow(flags.FLAGS.verbosity)
+  console.setup_log_file(os.path.join(values.model_dir, console.LOG_FILE_NAME))
+  start = time.monotonic()
+  console.print_header('simclr_tf2 demo: SimCLR on digits, then what the encoder learned',
+                       console.device_names(), values.model_dir)
+  from simclr_tf2.ablation import KNN, PRETRAINED, PROBE  # pylint: disable=import-outside-toplevel
+  from simclr_tf2.errors import SimCLRError, one_line  # pylint: disable=import-outside-toplevel
+  try:
+    results = run_demo(values.model_dir, values.pretrain_epochs, values.linear_eval_epochs)
+  except SimCLRError as error:
+    print(f'error: {one_line(error)}', file=sys.stderr)
+    return 1
+  pretrained = results['representation_scores'][PRETRAINED]
+  console.print_summary(
+      {'linear-eval top-1': results['linear_eval']['eval/label_top_1_accuracy'],
+       'pretrained kNN top-1': pretrained[KNN], 'pretrained probe top-1': pretrained[PROBE]},
+      {'results': os.path.join(values.model_dir, 'demo_results.json'),
+       'plots': os.path.join(values.model_dir, 'embeddings'),
+       'log': os.path.join(values.model_dir, console.LOG_FILE_NAME)},
+      seconds=time.monotonic() - start)
   return 0
 
 
 if __name__ == '__main__':
-  os.environ.setdefault('TF_USE_LEGACY_KERAS', '1')  # see README "Python API"
+  os.environ.setdefault('TF_USE_LEGACY_KERAS', '1')  # Keras 2 (docs/api.md)
   logging.set_verbosity(logging.INFO)
   app.run(main, flags_parser=_parse_command_line)

@@ -16,6 +16,9 @@ import os
 from typing import Dict, Optional, Sequence
 
 import numpy as np
+import tensorflow as tf
+
+from simclr_tf2.callbacks import Callback
 
 KNN_K = 200
 KNN_TEMPERATURE = 0.1
@@ -123,7 +126,6 @@ def linear_probe(train_features, train_labels, test_features, test_labels,
 
 def write_scores(output_dir: str, scores: Dict[str, float], step: int = 0) -> str:
   """Writes `scores` ({scalar tag: value}) to output_dir/scores.json and as TensorBoard scalars."""
-  import tensorflow as tf  # pylint: disable=import-outside-toplevel
   tf.io.gfile.makedirs(output_dir)
   path = os.path.join(output_dir, SCORES_FILE)
   with tf.io.gfile.GFile(path, 'w') as f:
@@ -136,7 +138,7 @@ def write_scores(output_dir: str, scores: Dict[str, float], step: int = 0) -> st
   return path
 
 
-class KnnMonitor:
+class KnnMonitor(Callback):
   """Trainer callback: every `every_n_steps` training steps, the kNN top-1 accuracy of the
   encoder (`endpoint` of the training model, inference mode) on a labeled eval split, with the
   train split as memory bank, written as the TensorBoard scalar `knn/top_1_accuracy`.
@@ -178,16 +180,12 @@ class KnnMonitor:
                                  self.batch_size, self.max_eval_examples, strategy)
     return knn_accuracy(bank[0], bank[1], queries[0], queries[1], self.k, self.temperature)
 
-  def on_train_begin(self, trainer):
-    del trainer
-
   def on_block_end(self, trainer, step, logs):
     if step // self.every_n_steps <= self._done:
       return
     self._done = step // self.every_n_steps
     accuracy = self.accuracy(trainer.task.model, trainer.task.strategy)
     with trainer.summary_writer.as_default():
-      import tensorflow as tf  # pylint: disable=import-outside-toplevel
       tf.summary.scalar(KNN_SCALAR, accuracy, step=step)
     trainer.summary_writer.flush()
     self.history.append((step, accuracy))
@@ -196,5 +194,3 @@ class KnnMonitor:
     logging.info('step %d: kNN top-1 accuracy %.4f (%s -> %s)', step, accuracy,
                  self.train_split, self.eval_split)
 
-  def on_train_end(self, trainer, step):
-    del trainer, step

@@ -5,13 +5,14 @@ validated Config to `train.run`. Nothing else in the package reads flags.
 """
 
 import json
-import logging as std_logging
 import os
 import sys
+import time
 import traceback
 
 from absl import app, flags, logging
 
+from simclr_tf2 import console, recipes
 from simclr_tf2 import flags as config_flags
 
 config_flags.define_config_flags()
@@ -32,7 +33,9 @@ def _flag_values_json():
 
 
 def main(argv, strategy=None):
-  """Runs the parsed flags' mode; returns the exit code. `strategy`: see train.run."""
+  """Runs the parsed flags' mode; returns the exit code. `strategy`: see train.run.
+
+  Leaves the process' console as the caller set it up (run_main quiets TensorFlow first)."""
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
   try:
@@ -46,25 +49,38 @@ def main(argv, strategy=None):
   # Imported after flag validation so a bad flag fails fast, before TensorFlow loads.
   from simclr_tf2 import train  # pylint: disable=import-outside-toplevel
   from simclr_tf2.errors import SimCLRError, one_line  # pylint: disable=import-outside-toplevel
-  std_logging.getLogger('tensorflow').setLevel(std_logging.WARNING)  # keep progress readable
+  start = time.monotonic()
+  console.print_header(f'simclr-tf2 {config.mode} ({config.train_mode}, ResNet-'
+                       f'{config.resnet_depth} on {config.dataset})', console.device_names(),
+                       config.model_dir)
   try:
-    result = train.run(config, strategy, flag_values=_flag_values_json())
+    result = train.run(config, strategy,
+                       callbacks=train.default_callbacks(config, progress_bar=console.is_quiet()),
+                       flag_values=_flag_values_json(), log_file=True)
   except (ValueError, SimCLRError) as error:
     if logging.get_verbosity() >= logging.DEBUG:  # --verbosity=1: the traceback too
       traceback.print_exc()
     print(f'error: {one_line(error)}', file=sys.stderr)
     return 1
-  if result.metrics:
-    print(json.dumps(result.metrics, indent=2, sort_keys=True))
+  log_dir = config.model_dir if config.mode != 'eval' else os.path.join(config.model_dir,
+                                                                         train.EVAL_SUBDIR)
+  console.print_summary(result.metrics or {}, {
+      'checkpoint': result.checkpoint, 'saved_model': result.saved_model,
+      'results': result.metrics and os.path.join(config.model_dir, 'result.json'),
+      'log': os.path.join(log_dir, console.LOG_FILE_NAME)}, seconds=time.monotonic() - start)
   return 0
+
+
+def _quiet_main(argv):
+  console.quiet_tensorflow(FLAGS.verbosity)
+  return main(argv)
 
 
 def run_main():
   """Console-script entry point (`simclr-tf2`); `--flagfile` takes a path or a recipe name."""
-  os.environ.setdefault('TF_USE_LEGACY_KERAS', '1')  # see README "Python API"
-  from simclr_tf2 import recipes  # pylint: disable=import-outside-toplevel
+  os.environ.setdefault('TF_USE_LEGACY_KERAS', '1')  # Keras 2 (docs/api.md)
   logging.set_verbosity(logging.INFO)
-  app.run(main, flags_parser=recipes.flags_parser(FLAGS))
+  app.run(_quiet_main, flags_parser=recipes.flags_parser(FLAGS))
 
 
 if __name__ == '__main__':

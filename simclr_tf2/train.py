@@ -26,8 +26,9 @@ import tf_keras as keras
 
 from simclr_tf2 import checkpoint as ckpt_lib
 from simclr_tf2 import model_dir as model_dir_lib
-from simclr_tf2.callbacks import (Callback, CheckpointSaver, DivergenceGuard, ProgressLogger,
-                                  ScalarSummaries, format_metrics)
+from simclr_tf2 import console
+from simclr_tf2.callbacks import (Callback, CheckpointSaver, DivergenceGuard, ProgressBar,
+                                  ProgressLogger, ScalarSummaries, format_metrics)
 from simclr_tf2.config import Config
 from simclr_tf2.data import build_distributed_dataset, corrupt_image_errors, get_source
 from simclr_tf2.errors import ConfigError, TrainingError, one_line, os_errors
@@ -164,10 +165,20 @@ def distributed_dataset(config: Config, source, strategy, is_training: bool, sta
       start_step=start_step if is_training else 0)
 
 
-def default_callbacks(config: Config) -> list:
-  """Guard first (nothing non-finite is saved), then checkpoint, summaries and progress."""
-  return [DivergenceGuard(), CheckpointSaver(), ScalarSummaries(),
-          ProgressLogger(config.train_batch_size)]
+def default_callbacks(config: Config, source=None, progress_bar: bool = False) -> list:
+  """Guard first (nothing non-finite is saved), then checkpoint, summaries, the kNN monitor
+  (`config.knn_monitor_steps` > 0; `source`: the run's data source, else built from config) and
+  progress: log lines, plus the console's progress bar if `progress_bar`."""
+  callbacks = [DivergenceGuard(), CheckpointSaver(), ScalarSummaries()]
+  if config.knn_monitor_steps:
+    from simclr_tf2.probes import KnnMonitor  # pylint: disable=import-outside-toplevel
+    source = source or get_source(config.dataset, config.data_dir, config.skip_corrupt_images,
+                                  config.image_size)
+    callbacks.append(KnnMonitor.from_config(config, source))
+  callbacks.append(ProgressLogger(config.train_batch_size))
+  if progress_bar:
+    callbacks.append(ProgressBar(config.train_batch_size))
+  return callbacks
 
 
 # --- training ------------------------------------------------------------------------------------
@@ -482,12 +493,14 @@ def _check_before_writing(config: Config, source) -> int:
 @corrupt_image_errors()
 def run(config: Config, strategy: Optional[tf.distribute.Strategy] = None,
         callbacks: Optional[Sequence[Callback]] = None,
-        flag_values: Optional[dict] = None) -> RunResult:
+        flag_values: Optional[dict] = None, log_file: bool = False) -> RunResult:
   """Runs `config.mode` (train, eval, train_then_eval) in `config.model_dir`.
 
   `strategy`: the tf.distribute strategy to run under (default: build_strategy(config)).
-  `callbacks`: the Trainer's callbacks (default: default_callbacks(config)).
+  `callbacks`: the Trainer's callbacks (default: default_callbacks(config, source)).
   `flag_values`: the command line's flags, written as flags.json (eval_flags.json for mode=eval).
+  `log_file`: also append the process' log (simclr_tf2.console) to model_dir/log.txt
+  (model_dir/eval/log.txt for mode=eval) from the moment the run starts writing there.
 
   Everything knowable is checked before anything is written. Training (train, train_then_eval)
   holds the model_dir's writer lock and removes leftovers of interrupted saves at start-up and
@@ -507,6 +520,8 @@ def run(config: Config, strategy: Optional[tf.distribute.Strategy] = None,
     raise ValueError('mode=eval needs a supervised head: use train_mode=finetune or '
                      '--lineareval_while_pretraining=true')
   result = RunResult(model_dir=config.model_dir)
+  if callbacks is None:
+    callbacks = default_callbacks(config, source)
 
   def evaluator(summary_dir=None):
     eval_steps = config.total_eval_steps(source.num_examples(config.eval_split))
@@ -517,6 +532,8 @@ def run(config: Config, strategy: Optional[tf.distribute.Strategy] = None,
   if config.mode == 'eval':
     if flag_values is not None:
       write_json(os.path.join(config.model_dir, 'eval_flags.json'), flag_values)
+    if log_file:
+      console.setup_log_file(os.path.join(config.model_dir, EVAL_SUBDIR, console.LOG_FILE_NAME))
     evaluation = evaluator(os.path.join(config.model_dir, EVAL_SUBDIR))
     result.metrics = evaluation.evaluate_continuously(train_steps, config.eval_timeout)
     result.saved_model = evaluation.saved_model
@@ -524,7 +541,7 @@ def run(config: Config, strategy: Optional[tf.distribute.Strategy] = None,
 
   if not is_chief(strategy):  # the chief holds the lock and owns model_dir's files
     _train(config, source, strategy, task, callbacks, flag_values, num_train_examples,
-           train_steps, result, evaluator)
+           train_steps, result, evaluator, log_file=False)
     return result
   created = not tf.io.gfile.exists(config.model_dir)
   model_dir_lib.prepare_model_dir(config.model_dir)
@@ -533,7 +550,7 @@ def run(config: Config, strategy: Optional[tf.distribute.Strategy] = None,
       model_dir_lib.remove_stale_temporaries(config.model_dir)
       try:
         _train(config, source, strategy, task, callbacks, flag_values, num_train_examples,
-               train_steps, result, evaluator)
+               train_steps, result, evaluator, log_file)
       except BaseException:
         model_dir_lib.remove_stale_temporaries(config.model_dir)
         raise
@@ -545,7 +562,7 @@ def run(config: Config, strategy: Optional[tf.distribute.Strategy] = None,
 
 
 def _train(config, source, strategy, task, callbacks, flag_values, num_train_examples,
-           train_steps, result, evaluator):
+           train_steps, result, evaluator, log_file):
   """The writer's part of run(): restore, write settings, train, then evaluate or export."""
   steps_per_loop = config.steps_per_loop(num_train_examples)
   logging.info('# train examples: %d, # train steps: %d, steps per loop: %d',
@@ -556,6 +573,8 @@ def _train(config, source, strategy, task, callbacks, flag_values, num_train_exa
   task.build_optimizer(num_train_examples)
   trainer = Trainer(task, config.model_dir, callbacks)
   trainer.restore()  # before writing anything: a checkpoint that does not fit is an error
+  if log_file:
+    console.setup_log_file(os.path.join(config.model_dir, console.LOG_FILE_NAME))
   if is_chief(strategy):
     if flag_values is not None:
       write_json(os.path.join(config.model_dir, 'flags.json'), flag_values)

@@ -176,9 +176,9 @@ def test_labeled_metadata_and_bad_flags(trained, tmp_path, capsys):
   for args, message in ((['--endpoint=nope'], "unknown endpoint 'nope'"),
                         (['--plots=tsne,pie'], 'unknown pie'),
                         (['--probe', '--dataset=image_folder_unlabeled',
-                          f'--data_dir={tmp_path}'], 'needs labels')):
+                          f'--data_dir={tmp_path / "unlabeled"}'], 'needs labels')):
     if 'needs labels' in message:
-      write_pngs(tmp_path / 'test', 1)
+      write_pngs(tmp_path / 'unlabeled' / 'test', 1)
     code = embed.run(['embed', f'--source={model_dir}', '--max_examples=2',
                       f'--output_dir={out}'] + args)
     err = capsys.readouterr().err

@@ -58,9 +58,12 @@ def lock_holder(model_dir, ending='exit'):
     assert process.stdout.readline() == 'locked\n'
     yield process
   finally:
-    if process.poll() is None:
+    process.stdin.close()  # end of input: the holder goes on and exits normally (atexit runs)
+    try:
+      process.wait(timeout=60)
+    except subprocess.TimeoutExpired:
       process.kill()
-    process.wait()
+      process.wait()
 
 
 def _files(directory):

@@ -6,6 +6,7 @@ import types
 
 import numpy as np
 import pytest
+from PIL import Image
 import tensorflow as tf
 
 from simclr_tf2 import probes
@@ -133,6 +134,7 @@ def test_knn_monitor_every_n_steps(tmp_path):
 
 def test_knn_monitor_needs_labels_and_positive_period(tmp_path):
   (tmp_path / 'train').mkdir()
+  Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / 'train' / 'blank.png')
   unlabeled = get_source('image_folder_unlabeled', str(tmp_path))
   with pytest.raises(ValueError, match='labeled'):
     probes.KnnMonitor(1, unlabeled, 'train', 'train')
