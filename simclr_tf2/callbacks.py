@@ -98,10 +98,20 @@ class ProgressBar(Callback):
                                       images_per_step=self.batch_size)
 
   def on_block_end(self, trainer, step, logs):
-    self._progress.update(step, **logs)
+    self._progress.update(step, **headline_metrics(logs))
 
   def on_train_end(self, trainer, step):
     self._progress.close()
+
+
+# What a progress line shows, under short names (every metric still goes to TensorBoard/log).
+HEADLINE_METRICS = {'train/total_loss': 'loss', 'train/contrast_acc': 'contrast acc',
+                    'train/supervised_acc': 'supervised acc', 'knn/top_1_accuracy': 'kNN top-1',
+                    'learning_rate': 'lr'}
+
+
+def headline_metrics(logs: dict) -> dict:
+  return {short: logs[tag] for tag, short in HEADLINE_METRICS.items() if tag in logs}
 
 
 def format_metrics(values: dict) -> str:

@@ -193,8 +193,11 @@ def restore_initial_weights(model, path: str, allow_non_finite: bool = False
   status.expect_partial()  # optimizer slots and the step of the file are deliberately not loaded
   status.assert_existing_objects_matched()
   if model.has_supervised_head and not restore_head:
-    logging.warning('Supervised head not restored from %s (file: %s, model: %s); it starts '
-                    'fresh.', prefix, _head_summary(file_head), _head_summary(model_head))
+    # A file without a head (a pretraining checkpoint) is the normal start of a linear eval;
+    # a head of another shape (other classes) is worth a warning.
+    log = logging.warning if file_head else logging.info
+    log('Supervised head not restored from %s (file: %s, model: %s); it starts fresh.', prefix,
+        _head_summary(file_head), _head_summary(model_head))
   return prefix, restore_head
 
 

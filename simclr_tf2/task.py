@@ -18,6 +18,7 @@ import tensorflow as tf
 import tf_keras as keras
 
 from simclr_tf2.config import Config
+from simclr_tf2.errors import ConfigError
 from simclr_tf2.lars import build_optimizer
 from simclr_tf2.metrics import EvalMetrics, TrainMetrics
 from simclr_tf2.model import SimCLRModel, build_model
@@ -36,6 +37,11 @@ class SimCLRTask:
                strategy: Optional[tf.distribute.Strategy] = None):
     self.config = config.validate()
     self.strategy = strategy or tf.distribute.get_strategy()
+    if config.jit_compile and config.global_bn and _is_distributed(self.strategy):
+      # The synchronised batch norm all-reduces inside the replica step, which a nested
+      # XLA-compiled function cannot contain (TensorFlow's merge_call restriction).
+      raise ConfigError('--jit_compile=true under a distribution strategy needs '
+                        '--global_bn=false (identical results on one device)')
     with self.strategy.scope():
       self.model: SimCLRModel = build_model(num_classes, config)
       self.model.create_variables()
@@ -154,3 +160,9 @@ class SimCLRTask:
   def _require_optimizer(self):
     if self.optimizer is None:
       raise ValueError('call build_optimizer(num_train_examples) before training')
+
+
+def _is_distributed(strategy: tf.distribute.Strategy) -> bool:
+  """Whether `strategy` is a real tf.distribute strategy, not the default no-op one."""
+  with strategy.scope():
+    return tf.distribute.has_strategy()

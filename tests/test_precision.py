@@ -95,3 +95,12 @@ def test_jit_compiled_step_matches_the_plain_step():
 def test_unknown_precision_is_a_one_line_error():
   with pytest.raises(ValueError, match=r"^--precision='float16': must be one of float32, "):
     tiny(precision='float16').validate()
+
+
+def test_jit_compile_with_synchronised_batch_norm_is_refused_under_a_strategy(
+    two_replica_strategy):
+  """The sync BN all-reduce cannot run inside the nested XLA function: a one-line error at
+  construction, not a TensorFlow traceback in the first step."""
+  with pytest.raises(ValueError, match='--jit_compile=true under a distribution strategy needs '
+                     '--global_bn=false'):
+    SimCLRTask(tiny(jit_compile=True), 10, two_replica_strategy)
