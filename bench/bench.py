@@ -3,6 +3,8 @@ plus the input pipeline alone. Prints a table and writes it as JSON. Asserts not
 
     python bench/bench.py [--repeats=2] [--json=bench/results.json] [--quick] [--no-jit]
 
+Also times the SavedModel export and the conversion to PyTorch (bench/bench_export.py).
+
 Every figure comes from fresh processes (bench/train_worker.py), so warm-up and peak memory are
 per variant. Variants run round-robin `repeats` times so that machine noise hits all alike; each
 images/s figure is the median over every timed block of every repeat.
@@ -123,6 +125,22 @@ def input_pipeline_rows(options):
   return rows
 
 
+def export_table(options, baseline):
+  """SavedModel export and PyTorch conversion times (bench/bench_export.py, models in a
+  MirroredStrategy scope as after training), the baseline commit's export beside; table lines."""
+  command = [sys.executable, os.path.join(REPO, 'bench', 'bench_export.py'), '--mirrored',
+             f'--repeats={max(options.repeats, 1)}']
+  if baseline:
+    command.append(f'--baseline_export={os.path.join(baseline, "simclr_tf2", "export.py")}')
+  process = subprocess.run(command, capture_output=True, text=True, timeout=3600, check=False,
+                           cwd=REPO)
+  if process.returncode:
+    return [f'export: error: {(process.stderr.strip().splitlines() or ["no output"])[-1]}']
+  lines = process.stdout.splitlines()
+  return ['SavedModel export and conversion to PyTorch:'] + lines[lines.index(next(
+      line for line in lines if line.startswith('Median'))):]
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split('\n', 1)[0])
   parser.add_argument('--repeats', type=int, default=2)
@@ -167,6 +185,8 @@ def main():
     report['input_pipeline'].append({'source': name, **summary})
     print(f'  {name:40s} ' + (f'{summary["images_per_s"]:9.1f} images/s' if 'error' not in
                                 summary else f'error: {summary["error"]}'))
+  report['export'] = export_table(options, baseline)
+  print('\n'.join(report['export']))
   with open(options.json, 'w', encoding='utf-8') as f:
     json.dump(report, f, indent=2)
   print(f'written: {options.json}')

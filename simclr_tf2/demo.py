@@ -15,6 +15,7 @@ from absl import app, flags, logging
 
 from simclr_tf2 import console, recipes
 from simclr_tf2 import flags as config_flags
+from simclr_tf2.config import PRECISIONS
 
 DEFAULT_MODEL_DIR = '/tmp/simclr_tf2_digits_demo'
 
@@ -31,17 +32,18 @@ def _epochs(value):
   return {} if value is None else {'train_epochs': value}
 
 
-def run_demo(model_dir=DEFAULT_MODEL_DIR, pretrain_epochs=None, linear_eval_epochs=None):
+def run_demo(model_dir=DEFAULT_MODEL_DIR, pretrain_epochs=None, linear_eval_epochs=None,
+             precision='float32'):
   """Pretrains, linear-evaluates the pretrained encoder and scores frozen features (raw pixels,
   random-init and pretrained encoders); prints the tables; returns the results."""
   from simclr_tf2 import train  # pylint: disable=import-outside-toplevel
   from simclr_tf2.callbacks import ProgressBar  # pylint: disable=import-outside-toplevel
   pretrain = recipe('digits_demo.cfg', model_dir=os.path.join(model_dir, 'pretrain'),
-                    **_epochs(pretrain_epochs))
+                    precision=precision, **_epochs(pretrain_epochs))
   linear_eval = recipe('digits_demo.cfg', 'digits_demo_linear_eval.cfg',
                        checkpoint=pretrain.model_dir,
                        model_dir=os.path.join(model_dir, 'linear_eval_pretrained'),
-                       **_epochs(linear_eval_epochs))
+                       precision=precision, **_epochs(linear_eval_epochs))
   strategy = train.build_strategy(pretrain)
   progress_bar = console.is_quiet()
   for config, title in ((pretrain, 'pretrain'), (linear_eval, 'linear eval')):
@@ -91,6 +93,9 @@ def _parse_command_line(argv):
                        flag_values=values)
   flags.DEFINE_integer('linear_eval_epochs', None, 'Override the linear-eval epochs.',
                        flag_values=values)
+  flags.DEFINE_enum('precision', 'float32', list(PRECISIONS),
+                    'Compute precision of both runs (see --precision of simclr-tf2).',
+                    flag_values=values)
   try:
     values(argv)
   except flags.Error as error:
@@ -108,7 +113,8 @@ def main(values):
   from simclr_tf2.ablation import KNN, PRETRAINED, PROBE  # pylint: disable=import-outside-toplevel
   from simclr_tf2.errors import SimCLRError, one_line  # pylint: disable=import-outside-toplevel
   try:
-    results = run_demo(values.model_dir, values.pretrain_epochs, values.linear_eval_epochs)
+    results = run_demo(values.model_dir, values.pretrain_epochs, values.linear_eval_epochs,
+                       values.precision)
   except SimCLRError as error:
     print(f'error: {one_line(error)}', file=sys.stderr)
     return 1

@@ -132,3 +132,42 @@ def test_cli_verbosity_1_shows_the_full_logs(tiny_checkpoint, tmp_path):
   assert code == 0, '\n'.join(lines)
   assert _noise(lines), '\n'.join(lines)
   assert log_file.exists()
+
+
+def _run_training(model_dir, *extra):
+  """(exit code, stdout + stderr lines) of a 4-step `simclr-tf2` pretraining in a fresh process
+  whose output is a pipe (not a terminal: one plain progress line per checkpoint)."""
+  env = {k: v for k, v in os.environ.items() if not k.startswith('TF_CPP_')}
+  result = subprocess.run(
+      [sys.executable, '-m', 'simclr_tf2.run', '--flagfile=digits_demo', '--train_steps=4',
+       '--checkpoint_steps=2', '--train_batch_size=16', '--image_size=8',
+       f'--model_dir={model_dir}', *extra],
+      cwd=ROOT, env=env, capture_output=True, text=True, timeout=600, check=False)
+  return result.returncode, (result.stdout + result.stderr).splitlines()
+
+
+@pytest.mark.slow
+def test_training_console_is_header_progress_summary_and_the_log_file_has_the_rest(tmp_path):
+  code, lines = _run_training(tmp_path / 'run')
+  assert code == 0, '\n'.join(lines)
+  assert _noise(lines) == [], '\n'.join(lines)
+  assert lines[0].startswith('simclr-tf2 train (pretrain, ResNet-18 on digits) | devices: ')
+  progress = [line for line in lines if line.startswith('train  [')]
+  assert [line.split('  ')[2] for line in progress] == ['2/4 steps', '4/4 steps']
+  assert all(' loss ' in line and 'images/s' in line for line in progress)
+  summary = lines.index(next(line for line in lines if line.startswith('done in ')))
+  assert lines[summary + 1:] == [f'  checkpoint: {tmp_path / "run" / "ckpt-4"}',
+                                 f'  saved_model: {tmp_path / "run" / "saved_model" / "4"}',
+                                 f'  log: {tmp_path / "run" / "log.txt"}']
+  assert len(lines) <= 24, '\n'.join(lines)  # fits in a screen
+  log = (tmp_path / 'run' / 'log.txt').read_text().splitlines()
+  assert any(CPP_LOG_LINE.match(line) for line in log)  # moved from the console, not lost
+  assert any('step 4/4' in line for line in log)
+
+
+@pytest.mark.slow
+def test_training_verbosity_1_shows_the_full_logs(tmp_path):
+  code, lines = _run_training(tmp_path / 'run', '-v', '1')
+  assert code == 0, '\n'.join(lines)
+  assert _noise(lines) and any('step 4/4' in line for line in lines)
+  assert (tmp_path / 'run' / 'log.txt').exists()
