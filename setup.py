@@ -34,7 +34,7 @@ setup(
     ],
     extras_require={
         'torch': ['torch>=2.1', 'safetensors>=0.4'],
-        'test': ['pytest>=7'],
+        'test': ['pytest>=7', 'matplotlib>=3.5'],  # the plot tests need the plots extra
         'plots': ['matplotlib>=3.5'],  # PNG t-SNE / PCA / thumbnail maps of embeddings
     },
     entry_points={

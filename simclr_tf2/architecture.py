@@ -25,3 +25,8 @@ MODEL_PREFIX = 'model/'
 VALUE_SUFFIX = '/.ATTRIBUTES/VARIABLE_VALUE'
 SLOT_MARKER = '/.OPTIMIZER_SLOT/'
 STEM_PATH = 'resnet_model/initial_conv_relu_max_pool/'  # below MODEL_PREFIX
+
+# Config fields a checkpoint's variable shapes determine, 1:1 (`cifar_stem` follows from
+# image_size); loading.load_model and the conversion tools detect them.
+DETECTED_FLAGS = ('resnet_depth', 'width_multiplier', 'sk_ratio', 'se_ratio', 'image_size',
+                  'proj_head_mode', 'num_proj_layers', 'proj_out_dim', 'ft_proj_selector')

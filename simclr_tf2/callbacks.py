@@ -4,13 +4,13 @@ A callback sees the trainer (its task, model_dir, summary writer, checkpoints) a
 block of `steps_per_loop` steps, the global step and the block's metrics. `Trainer` runs the
 callbacks in list order, so a guard placed before the checkpoint saver stops a bad state from
 being saved. Subclass `Callback` for your own (e.g. early stopping, a custom monitor).
+
+TensorFlow-free at import time (entry points import it before quieting TensorFlow's logs).
 """
 
 import logging
 import math
 import time
-
-import tensorflow as tf
 
 from simclr_tf2 import console
 from simclr_tf2.errors import TrainingError
@@ -53,6 +53,7 @@ class ScalarSummaries(Callback):
   """Writes the block's metrics and learning rate as TensorBoard scalars at the global step."""
 
   def on_block_end(self, trainer, step, logs):
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
     with trainer.summary_writer.as_default():
       for tag, value in logs.items():
         tf.summary.scalar(tag, value, step=step)

@@ -11,16 +11,17 @@ requested PNG plots and, with --probe, scores.json (kNN and linear probe, --prob
 --split) plus the same scores as TensorBoard scalars.
 """
 
-import logging as std_logging
 import math
 import os
 import sys
+import time
 import weakref
 from typing import List, NamedTuple, Optional
 
 import numpy as np
 
-from simclr_tf2 import probes
+from simclr_tf2 import console, probes
+from simclr_tf2.errors import SimCLRError, one_line
 
 DEFAULT_ENDPOINT = 'final_avg_pool'
 EMBEDDINGS_FILE = 'embeddings.npy'
@@ -246,7 +247,7 @@ def define_flags(flag_values):
   """The tool's flags on `flag_values`: source, architecture (Config) flags, data, outputs."""
   from absl import flags  # pylint: disable=import-outside-toplevel
   from simclr_tf2 import flags as config_flags  # pylint: disable=import-outside-toplevel
-  from simclr_tf2.loading import DETECTED_FLAGS  # pylint: disable=import-outside-toplevel
+  from simclr_tf2.architecture import DETECTED_FLAGS  # pylint: disable=import-outside-toplevel
   flags.DEFINE_string('source', None, 'A run\'s model_dir, a checkpoint prefix or directory, or '
                       'an exported SavedModel directory.', flag_values=flag_values)
   # Architecture flags only matter for checkpoints without config.json; unset ones are detected.
@@ -299,6 +300,7 @@ def _validate(values):
 
 def embed_main(values) -> dict:
   """Runs the tool for parsed flags; returns {output name: path or value}."""
+  start = time.monotonic()
   _validate(values)
   from simclr_tf2.config import Config  # pylint: disable=import-outside-toplevel
   from simclr_tf2.data import get_source  # pylint: disable=import-outside-toplevel
@@ -314,8 +316,9 @@ def embed_main(values) -> dict:
                       loaded.config.image_size)
   if values.probe and not getattr(source, 'labeled', True):
     raise ValueError('--probe needs labels; image_folder_unlabeled has none')
-  print(f'Embedding {values.dataset}/{values.split} with {loaded.path} '
-        f'(step {loaded.global_step}), endpoint {values.endpoint}')
+  console.print_header(f'simclr-tf2-embed: {values.dataset}/{values.split} through '
+                       f'{loaded.path} (step {loaded.global_step}), {values.endpoint}',
+                       console.device_names(), values.output_dir)
   result = compute_embeddings(loaded, source, values.split, values.endpoint, values.batch_size,
                               values.max_examples, strategy, progress=True)
   out = values.output_dir
@@ -346,35 +349,57 @@ def embed_main(values) -> dict:
                                                  )['top_1_accuracy']}
     written['scores'] = probes.write_scores(out, scores, step=loaded.global_step or 0)
     written.update(scores)
-  print(f'{len(result.ids)} embeddings of dimension {result.embeddings.shape[1]} in {out}:')
-  for name, value in written.items():
-    print(f'  {name}: {value}')
+  console.print_summary(
+      {'embeddings': len(result.ids), 'dimension': result.embeddings.shape[1],
+       **{name: value for name, value in written.items() if not isinstance(value, (str, list))}},
+      {name: value if isinstance(value, str) else ', '.join(value)
+       for name, value in written.items() if isinstance(value, (str, list))},
+      seconds=time.monotonic() - start)
   if values.projector:
     print(f'Projector: tensorboard --logdir {out}')
   return written
 
 
 def run(argv) -> int:
-  """In-process entry point: parses `argv` (argv[0] = program name), returns the exit code."""
+  """In-process entry point: parses `argv` (argv[0] = program name), returns the exit code.
+  The process' console is left as the caller set it up."""
   from absl import flags  # pylint: disable=import-outside-toplevel
-  import tensorflow as tf  # pylint: disable=import-outside-toplevel
-  from simclr_tf2.checkpoint import CheckpointError  # pylint: disable=import-outside-toplevel
   values = flags.FlagValues()
   define_flags(values)
   try:
     values(argv)
+  except flags.Error as error:
+    print(f'error: {one_line(error)}', file=sys.stderr)
+    return 1
+  return _report_errors(values)
+
+
+def _report_errors(values) -> int:
+  """Runs the tool; a user error is one `error: ...` line and exit code 1."""
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel
+  try:
     embed_main(values)
-  except (flags.Error, CheckpointError, ValueError, ImportError, OSError,
-          tf.errors.OpError) as error:
-    print(f'error: {" ".join(str(error).split())}', file=sys.stderr)
+  except (SimCLRError, ValueError, ImportError, OSError, tf.errors.OpError) as error:
+    print(f'error: {one_line(error)}', file=sys.stderr)
     return 1
   return 0
 
 
 def run_main():
-  """Console script `simclr-tf2-embed` and `python -m simclr_tf2.embed`."""
-  std_logging.getLogger('tensorflow').setLevel(std_logging.WARNING)
-  sys.exit(run(sys.argv))
+  """Console script `simclr-tf2-embed` and `python -m simclr_tf2.embed`: quiet console unless
+  -v 1 (TensorFlow is imported only after that)."""
+  from absl import app, flags  # pylint: disable=import-outside-toplevel
+
+  def main(argv):
+    if len(argv) > 1:
+      raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
+    console.quiet_tensorflow(flags.FLAGS.verbosity)
+    if flags.FLAGS.output_dir:
+      console.setup_log_file(os.path.join(flags.FLAGS.output_dir, console.LOG_FILE_NAME))
+    sys.exit(_report_errors(flags.FLAGS))
+
+  define_flags(flags.FLAGS)
+  app.run(main)
 
 
 if __name__ == '__main__':

@@ -19,14 +19,12 @@ from typing import Dict, Iterable, NamedTuple, Optional, Tuple
 import tensorflow as tf
 
 from checkpoints_conversion.detect import detect_architecture
+from simclr_tf2.architecture import DETECTED_FLAGS
 from simclr_tf2.checkpoint import CheckpointError, read_shapes, resolve_checkpoint
 from simclr_tf2.checkpoint import restore_for_evaluation, restore_initial_weights
 from simclr_tf2.config import Config
 from simclr_tf2.model import build_model
 
-# Detected values that map 1:1 onto Config fields (`cifar_stem` follows from image_size).
-DETECTED_FLAGS = ('resnet_depth', 'width_multiplier', 'sk_ratio', 'se_ratio', 'image_size',
-                  'proj_head_mode', 'num_proj_layers', 'proj_out_dim', 'ft_proj_selector')
 RUN_CONFIG_FILE = 'config.json'  # written by train.py into every model_dir
 SAVED_MODEL_FILE = 'saved_model.pb'
 GLOBAL_STEP_KEY = 'global_step/.ATTRIBUTES/VARIABLE_VALUE'

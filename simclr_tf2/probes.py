@@ -16,7 +16,6 @@ import os
 from typing import Dict, Optional, Sequence
 
 import numpy as np
-import tensorflow as tf
 
 from simclr_tf2.callbacks import Callback
 
@@ -126,6 +125,7 @@ def linear_probe(train_features, train_labels, test_features, test_labels,
 
 def write_scores(output_dir: str, scores: Dict[str, float], step: int = 0) -> str:
   """Writes `scores` ({scalar tag: value}) to output_dir/scores.json and as TensorBoard scalars."""
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel
   tf.io.gfile.makedirs(output_dir)
   path = os.path.join(output_dir, SCORES_FILE)
   with tf.io.gfile.GFile(path, 'w') as f:
@@ -185,6 +185,7 @@ class KnnMonitor(Callback):
       return
     self._done = step // self.every_n_steps
     accuracy = self.accuracy(trainer.task.model, trainer.task.strategy)
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
     with trainer.summary_writer.as_default():
       tf.summary.scalar(KNN_SCALAR, accuracy, step=step)
     trainer.summary_writer.flush()

@@ -140,7 +140,7 @@ def _run_training(model_dir, *extra):
   env = {k: v for k, v in os.environ.items() if not k.startswith('TF_CPP_')}
   result = subprocess.run(
       [sys.executable, '-m', 'simclr_tf2.run', '--flagfile=digits_demo', '--train_steps=4',
-       '--checkpoint_steps=2', '--train_batch_size=16', '--image_size=8',
+       '--checkpoint_steps=2', '--train_batch_size=16', '--image_size=8', '--warmup_epochs=0',
        f'--model_dir={model_dir}', *extra],
       cwd=ROOT, env=env, capture_output=True, text=True, timeout=600, check=False)
   return result.returncode, (result.stdout + result.stderr).splitlines()

@@ -26,6 +26,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from simclr_tf2 import recipes
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 PAGES = [REPO / 'README.md'] + sorted((REPO / 'docs').glob('*.md'))
 
@@ -127,6 +129,19 @@ def stand_ins(tmp_path_factory):
   return values, env
 
 
+def _local_run_dirs(args):
+  """A recipe's --model_dir and --checkpoint (/tmp/X, gs://BUCKET/.../X) as ./doc_runs/X, unless
+  the command gives them: runs stay in the test's folder, and a linear evaluation still finds
+  the pretraining run its recipe names."""
+  given = {arg.partition('=')[0] for arg in args}
+  recipe_values = {}
+  for arg in recipes.expand_flagfiles([arg for arg in args if arg.startswith('--flagfile=')]):
+    name, _, value = arg.partition('=')
+    if name in ('--model_dir', '--checkpoint') and name not in given:
+      recipe_values[name] = f'{name}=doc_runs/{value.rstrip("/").rsplit("/", 1)[-1]}'
+  return list(recipe_values.values())
+
+
 def concrete(command, stand_ins_values):
   """The command with placeholders replaced and tiny settings appended, as python arguments."""
   program = entry_point(command)
@@ -148,6 +163,7 @@ def concrete(command, stand_ins_values):
     replaced.append(f'{name}={value}' if value else arg)
   if training:
     replaced += TINY_TRAINING
+    replaced += _local_run_dirs(args)
     if uses_tfds or not any(arg.startswith('--data_dir=') for arg in args):
       replaced += ['--dataset=digits', '--data_dir=']
   elif module == 'simclr_tf2.embed':

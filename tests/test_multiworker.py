@@ -160,7 +160,8 @@ def test_two_workers_equal_mirrored_and_resume_after_a_kill(tmp_path):
     for step, step_logs in expected['logs'].items():
       assert step_logs.keys() == logs[step].keys()
       for tag, value in step_logs.items():
-        assert logs[step][tag] == pytest.approx(value, abs=TOLERANCE), (index, step, tag)
+        assert logs[step][tag] == pytest.approx(value, rel=TOLERANCE, abs=TOLERANCE), (
+            index, step, tag)
     assert run['weights'].keys() == expected['weights'].keys()
     for key, value in expected['weights'].items():
       np.testing.assert_allclose(run['weights'][key], value, rtol=0, atol=TOLERANCE,
