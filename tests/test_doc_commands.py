@@ -10,6 +10,8 @@ files are replaced by small stand-ins made here:
   /checkpoints/r50...        an official-layout ResNet-50 checkpoint
   /checkpoints/...           an official-layout ResNet-18 checkpoint (any other name)
   /saved_models/...          a SavedModel exported from that checkpoint
+  /tmp/X, gs://BUCKET/.../X  a run directory (--model_dir, --checkpoint; also in recipes):
+                             ./doc_runs/X; a gs:// --data_dir is a prepared TFDS folder
 Training commands get tiny-run flags appended (absl: the last value of a flag wins). Commands
 that cannot run in a test are listed in NOT_RUN with the reason; any other command fails the
 test, so a new command is either runnable or explicitly excused.
@@ -60,6 +62,7 @@ TINY_TRAINING = ['--use_tpu=false', '--train_steps=2', '--checkpoint_steps=1', '
                  '--train_batch_size=8', '--eval_batch_size=8', '--image_size=8',
                  '--resnet_depth=18', '--width_multiplier=1', '--sk_ratio=0', '--se_ratio=0',
                  '--eval_timeout=1', '--use_blur=false']
+RUN_DIR_FLAGS = ('--model_dir', '--checkpoint')
 TINY_EMBEDDING = ['--max_examples=24', '--batch_size=8']
 
 
@@ -137,9 +140,13 @@ def _local_run_dirs(args):
   recipe_values = {}
   for arg in recipes.expand_flagfiles([arg for arg in args if arg.startswith('--flagfile=')]):
     name, _, value = arg.partition('=')
-    if name in ('--model_dir', '--checkpoint') and name not in given:
-      recipe_values[name] = f'{name}=doc_runs/{value.rstrip("/").rsplit("/", 1)[-1]}'
+    if name in RUN_DIR_FLAGS and name not in given:
+      recipe_values[name] = f'{name}={_local_run_dir(value)}'
   return list(recipe_values.values())
+
+
+def _local_run_dir(path):
+  return 'doc_runs/' + path.rstrip('/').rsplit('/', 1)[-1]
 
 
 def concrete(command, stand_ins_values):
@@ -147,7 +154,7 @@ def concrete(command, stand_ins_values):
   program = entry_point(command)
   args = shlex.split(command[len(program):])
   args = [arg for arg in args if arg != '...']  # "and so on" in an example
-  uses_tfds = any('/data/tfds' in arg for arg in args)
+  uses_tfds = any('/data/tfds' in arg or arg.startswith('--data_dir=gs://') for arg in args)
   module = ENTRY_POINTS[program][1]
   training = module == 'simclr_tf2.run'  # tiny R18 settings: start from the R18 checkpoint
   replaced = []
@@ -158,6 +165,8 @@ def concrete(command, stand_ins_values):
       value = str(stand_ins_values['r50' if r50 else 'r18'])
     elif value.startswith('/saved_models/'):
       value = str(stand_ins_values['saved_model'])
+    elif name in RUN_DIR_FLAGS and value.startswith(('/tmp/', 'gs://')):
+      value = _local_run_dir(value)
     for placeholder in ('/data/my_labeled_images', '/data/my_images'):
       value = value.replace(placeholder, str(stand_ins_values[placeholder]))
     replaced.append(f'{name}={value}' if value else arg)
@@ -165,7 +174,8 @@ def concrete(command, stand_ins_values):
     replaced += TINY_TRAINING
     replaced += _local_run_dirs(args)
     if uses_tfds or not any(arg.startswith('--data_dir=') for arg in args):
-      replaced += ['--dataset=digits', '--data_dir=']
+      # The digits stand in for the TFDS dataset, with their own split names (no `train[:1%]`).
+      replaced += ['--dataset=digits', '--data_dir=', '--train_split=train', '--eval_split=test']
   elif module == 'simclr_tf2.embed':
     replaced += TINY_EMBEDDING
     if uses_tfds:
