@@ -377,19 +377,26 @@ class KillAfterCheckpoint(Callback):
       os.kill(os.getpid(), signal.SIGKILL)
 
 config = Config.from_kwargs(**eval(sys.argv[1]))
-kill_at = int(sys.argv[2])
+kill_at, replicas = int(sys.argv[2]), int(sys.argv[3])
+strategy = None
+if replicas > 1:  # logical CPU devices, one replica each
+  import tensorflow as tf
+  cpu = tf.config.list_physical_devices('CPU')[0]
+  tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * replicas)
+  strategy = tf.distribute.MirroredStrategy([f'/cpu:{index}' for index in range(replicas)])
 callbacks = train.default_callbacks(config) + ([KillAfterCheckpoint(kill_at)] if kill_at else [])
-train.run(config, callbacks=callbacks)
+train.run(config, strategy, callbacks=callbacks)
 '''
 RESUME_SETTINGS = dict(dataset='digits', resnet_depth=18, image_size=8, train_batch_size=16,
                        checkpoint_steps=2, train_steps=6, use_tpu=False, seed=3, mode='train',
                        keep_checkpoint_max=10)
 
 
-def _run_in_subprocess(settings, kill_at=0):
-  """train.run in a fresh process (one CPU device: one replica); returns the exit status."""
+def _run_in_subprocess(settings, kill_at=0, replicas=1):
+  """train.run in a fresh process on `replicas` CPU replicas; returns the completed process."""
   env = dict(os.environ, CUDA_VISIBLE_DEVICES='', TF_CPP_MIN_LOG_LEVEL='3')
-  return subprocess.run([sys.executable, '-c', RUN_SCRIPT, repr(settings), str(kill_at)],
+  return subprocess.run([sys.executable, '-c', RUN_SCRIPT, repr(settings), str(kill_at),
+                         str(replicas)],
                         cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
 
 
@@ -400,20 +407,22 @@ def _tensors(prefix):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize('mode_settings', [
-    dict(train_mode='pretrain', use_blur=True),  # two augmented views and the in-model blur
-    dict(train_mode='finetune'),
-], ids=['pretrain', 'finetune'])
-def test_run_killed_after_a_checkpoint_resumes_bit_identical(tmp_path, mode_settings):
+@pytest.mark.parametrize('mode_settings,replicas', [
+    (dict(train_mode='pretrain', use_blur=True), 1),  # two augmented views and in-model blur
+    (dict(train_mode='finetune'), 1),
+    (dict(train_mode='pretrain', use_blur=True), 2),  # sync BN, gathered NT-Xent, 2 pipelines
+], ids=['pretrain', 'finetune', 'pretrain-2-replicas'])
+def test_run_killed_after_a_checkpoint_resumes_bit_identical(tmp_path, mode_settings, replicas):
   settings = dict(RESUME_SETTINGS, **mode_settings)
   reference_dir, resumed_dir = tmp_path / 'uninterrupted', tmp_path / 'killed'
-  done = _run_in_subprocess(dict(settings, model_dir=str(reference_dir)))
+  done = _run_in_subprocess(dict(settings, model_dir=str(reference_dir)), replicas=replicas)
   assert done.returncode == 0, done.stderr[-2000:]
-  killed = _run_in_subprocess(dict(settings, model_dir=str(resumed_dir)), kill_at=4)
+  killed = _run_in_subprocess(dict(settings, model_dir=str(resumed_dir)), kill_at=4,
+                              replicas=replicas)
   assert killed.returncode == -signal.SIGKILL
   assert (resumed_dir / md.LOCK_FILE_NAME).exists()  # left by the killed run
   assert not (resumed_dir / 'ckpt-6.index').exists()
-  resumed = _run_in_subprocess(dict(settings, model_dir=str(resumed_dir)))
+  resumed = _run_in_subprocess(dict(settings, model_dir=str(resumed_dir)), replicas=replicas)
   assert resumed.returncode == 0, resumed.stderr[-2000:]
   expected, actual = _tensors(str(reference_dir / 'ckpt-6')), _tensors(str(resumed_dir / 'ckpt-6'))
   assert sorted(actual) == sorted(expected)
