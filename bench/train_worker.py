@@ -48,6 +48,8 @@ def build(config):
     trainer = Trainer(task, config.model_dir, callbacks=[])
     iterator = iter(distributed_dataset(config, source, strategy, is_training=True))
     return trainer.train_blocks, iterator, task.model, task.train_metrics
+  # The baseline commit predates the public API: its own loop function is the only way to time
+  # exactly its training step (this branch never runs on the current code).
   from simclr_tf2.train import Experiment  # pylint: disable=import-outside-toplevel
   from simclr_tf2.lars import build_optimizer  # pylint: disable=import-outside-toplevel
   from simclr_tf2.metrics import TrainMetrics  # pylint: disable=import-outside-toplevel
