@@ -117,6 +117,10 @@ def summarise(results):
 def input_pipeline_rows(options):
   rows = [('digits 32px b128 (in memory)', dict(code=REPO, input_only=True, image_size=32,
                                                  batch=128, steps=5, blocks=3))]
+  rows.append(('TFDS (5000 PNG images, prepared here) 32px b128',
+               dict(code=REPO, input_only=True, dataset='simclr_bench_images',
+                    data_dir=tempfile.mkdtemp(prefix='simclr_bench_tfds_'), image_size=32,
+                    batch=128, steps=5, blocks=3)))
   folder = options.image_folder
   if folder:
     rows.append((f'image folder {folder} 32px b128',

@@ -84,8 +84,39 @@ def input_only(config):
   return {'images_per_s': rates}
 
 
+TFDS_BENCH_DATASET = 'simclr_bench_images'
+
+
+def prepare_tfds_dataset(data_dir, count=5000, size=32):
+  """A TFDS dataset prepared offline in data_dir: `count` random size x size PNG-encoded images
+  with 10 labels (TFDS' own builder, writer and reader, like a prepared CIFAR-10)."""
+  import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+
+  class SimclrBenchImages(tfds.core.GeneratorBasedBuilder):  # registered by name on definition
+    VERSION = tfds.core.Version('1.0.0')
+
+    def _info(self):
+      return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
+          'image': tfds.features.Image(shape=(size, size, 3)),
+          'label': tfds.features.ClassLabel(num_classes=10)}), supervised_keys=('image', 'label'))
+
+    def _split_generators(self, dl_manager):
+      del dl_manager  # nothing to download
+      return {'train': self._generate_examples()}
+
+    def _generate_examples(self):
+      rng = np.random.default_rng(0)
+      for index in range(count):
+        yield index, {'image': rng.integers(0, 256, (size, size, 3), dtype=np.uint8),
+                      'label': index % 10}
+
+  SimclrBenchImages(data_dir=data_dir).download_and_prepare()
+
+
 def main():
   if ARGS.get('input_only'):
+    if ARGS.get('dataset') == TFDS_BENCH_DATASET:
+      prepare_tfds_dataset(ARGS['data_dir'])
     config = config_lib.Config(dataset=ARGS.get('dataset', 'digits'), data_dir=ARGS.get('data_dir'),
                                image_size=ARGS['image_size'], train_batch_size=ARGS['batch'],
                                cache_dataset=ARGS.get('dataset', 'digits') == 'digits',
