@@ -3,7 +3,7 @@
 Standard library only, and TensorFlow-free at import time: entry points call `quiet_tensorflow`
 after parsing their flags and BEFORE TensorFlow is imported, then `setup_log_file`::
 
-    console.quiet_tensorflow(FLAGS.verbosity)      # absl's -v / --verbosity; >= 1 shows everything
+    console.quiet_tensorflow(verbosity)            # the -v / --verbosity value; >= 1 shows all
     console.setup_log_file(os.path.join(model_dir, console.LOG_FILE_NAME))
     from simclr_tf2 import train                   # TensorFlow loads here
 

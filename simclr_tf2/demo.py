@@ -105,7 +105,7 @@ def _parse_command_line(argv):
 
 
 def main(values):
-  console.quiet_tensorflow(flags.FLAGS.verbosity)
+  console.quiet_tensorflow(logging.get_verbosity())  # absl's, set by app.run
   console.setup_log_file(os.path.join(values.model_dir, console.LOG_FILE_NAME))
   start = time.monotonic()
   console.print_header('simclr_tf2 demo: SimCLR on digits, then what the encoder learned',

@@ -389,18 +389,28 @@ def run_main():
   """Console script `simclr-tf2-embed` and `python -m simclr_tf2.embed`: quiet console unless
   -v 1 (TensorFlow is imported only after that)."""
   from absl import app, flags  # pylint: disable=import-outside-toplevel
+  values = flags.FlagValues()  # the tool's own flags: nothing below reads absl's global FLAGS
+  define_flags(values)
+  flags.DEFINE_integer('verbosity', 0, '>= 1: full logs on the console.', short_name='v',
+                       flag_values=values)
+
+  def parse(argv):
+    try:
+      rest = values(argv)
+    except flags.Error as error:
+      sys.exit(f'error: {one_line(error)}')
+    flags.FLAGS(argv[:1])  # absl's own flags keep their defaults; app.run needs them parsed
+    return rest
 
   def main(argv):
     if len(argv) > 1:
       raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
-    console.quiet_tensorflow(flags.FLAGS.verbosity)
-    if flags.FLAGS.output_dir:
-      console.setup_log_file(os.path.join(flags.FLAGS.output_dir, console.LOG_FILE_NAME))
-    sys.exit(_report_errors(flags.FLAGS))
+    console.quiet_tensorflow(values.verbosity)
+    if values.output_dir:
+      console.setup_log_file(os.path.join(values.output_dir, console.LOG_FILE_NAME))
+    sys.exit(_report_errors(values))
 
-  define_flags(flags.FLAGS)
-  app.run(main)
-
+  app.run(main, flags_parser=parse)
 
 if __name__ == '__main__':
   run_main()
