@@ -94,7 +94,15 @@ class _ExportModule(tf.Module):
   def serve(self, images):
     """The `serving_default` signature: the trainable=False function under the input name
     `images`. Called through the concrete function so the save traces it only once."""
-    return self.__call__.get_concrete_function(IMAGES_SPEC, False)(images)
+    inference = self.__call__.get_concrete_function(IMAGES_SPEC, False)
+    # Calling it captures the variable handles it reads; left to TensorFlow, each capture is
+    # named by a unique integer, which a signature cannot use as an argument name, and the save
+    # logs one INFO line listing all of them as renamed. Captured first under valid names, the
+    # call reuses these captures and the signature's arguments keep their names.
+    graph = tf.compat.v1.get_default_graph()
+    for index, handle in enumerate(inference.captured_inputs):
+      graph.capture(handle, name=f'variable_{index}')
+    return inference(images)
 
 
 def export_saved_model(model, export_dir: str) -> str:

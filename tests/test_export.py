@@ -5,13 +5,16 @@ Layout: docs/architecture-notes.md, "SavedModel layout". Kn: docs/differences.md
 
 import atexit
 import functools
+import logging
 import os
+import re
 import shutil
 import tempfile
 
 import numpy as np
 import pytest
 import tensorflow as tf
+from absl import logging as absl_logging
 
 from golden_data import GOLDEN_CONFIGS, NUM_CLASSES, REFERENCE_PARITY, cases, read_keys
 from simclr_tf2 import export
@@ -192,3 +195,25 @@ def test_failed_export_keeps_previous_export(tmp_path, monkeypatch):
     export.export_saved_model(model, str(target))
   assert os.listdir(tmp_path) == ['export']
   assert (target / 'saved_model.pb').read_text() == 'previous export'
+
+
+@pytest.mark.parametrize('replicas', [1, 2])
+def test_export_logs_nothing_about_the_model(replicas, two_replica_strategy, tmp_path, caplog):
+  """Issue 14: no renamed signature inputs (captured variables), no Keras serialisation notes,
+  no warnings; TensorFlow's routine lines (fingerprint, sharding callback) may remain."""
+  strategy = two_replica_strategy if replicas == 2 else tf.distribute.get_strategy()
+  with strategy.scope():
+    model = build_case('r18_cifar_pretrain_lars')
+  verbosity = absl_logging.get_verbosity()
+  absl_logging.set_verbosity(absl_logging.INFO)
+  try:
+    with caplog.at_level(logging.INFO):
+      export.export_saved_model(model, str(tmp_path / 'export'))
+  finally:
+    absl_logging.set_verbosity(verbosity)
+  messages = [record.getMessage() for record in caplog.records]
+  assert any('fingerprint' in message for message in messages)  # INFO records were captured
+  about_the_model = [message for message in messages
+                     if re.search(r'renamed|serializ|not built|input name', message)]
+  assert not about_the_model
+  assert not [record for record in caplog.records if record.levelno >= logging.WARNING]
