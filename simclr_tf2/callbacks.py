@@ -29,17 +29,35 @@ class Callback:
     """After the last block (train_steps reached)."""
 
 
+# In a block's logs under mixed_float16 only: the dynamic loss scale after the block, and how
+# many of its steps dynamic loss scaling skipped (their gradients overflowed float16).
+LOSS_SCALE_TAG = 'train/loss_scale'
+SKIPPED_STEPS_TAG = 'train/skipped_steps'
+# Keras' dynamic loss scale never falls below 1. Gradients that overflow on the way down to it
+# are about as large as float16 can hold: the run diverged (from the initial 2**15, 15
+# consecutive skipped steps get there).
+MIN_LOSS_SCALE = 1.0
+
+
 class DivergenceGuard(Callback):
-  """Stops training when a metric (a loss) is not finite, before anything saves that state.
-  (Trainer.save_checkpoint itself refuses non-finite variables.)"""
+  """Stops training when a metric (a loss) is not finite, or (mixed_float16) when steps are
+  still skipped as the loss scale reaches its minimum, before anything saves that state. Steps skipped at
+  a larger scale are not divergence: dynamic loss scaling recovers from them (they are left out
+  of the losses and counted in `train/skipped_steps`). (Trainer.save_checkpoint itself refuses
+  non-finite variables.)"""
 
   def on_block_end(self, trainer, step, logs):
+    keep = (f'The last checkpoint ({trainer.latest_checkpoint or "none"}) is kept: lower '
+            '--learning_rate')
     if not all(math.isfinite(value) for value in logs.values()):
+      raise TrainingError(f'loss is not finite at step {step} ({format_metrics(logs)}); not '
+                          f'saving this state. {keep} or check the data')
+    if (logs.get(SKIPPED_STEPS_TAG, 0) > 0
+        and logs.get(LOSS_SCALE_TAG, math.inf) <= MIN_LOSS_SCALE):
       raise TrainingError(
-          f'loss is not finite at step {step} ({format_metrics(logs)}); not saving this state. '
-          f'The last checkpoint ({trainer.latest_checkpoint or "none"}) is kept: lower '
-          '--learning_rate or check the data')
-
+          f'float16 gradients still overflow with the loss scale down to its minimum at step {step} '
+          f'({format_metrics(logs)}); not saving this state. {keep} or use '
+          '--precision=mixed_bfloat16 or float32')
 
 
 class CheckpointSaver(Callback):
@@ -108,7 +126,7 @@ class ProgressBar(Callback):
 # What a progress line shows, under short names (every metric still goes to TensorBoard/log).
 HEADLINE_METRICS = {'train/total_loss': 'loss', 'train/contrast_acc': 'contrast acc',
                     'train/supervised_acc': 'supervised acc', 'knn/top_1_accuracy': 'kNN top-1',
-                    'learning_rate': 'lr'}
+                    'learning_rate': 'lr', SKIPPED_STEPS_TAG: 'skipped steps'}
 
 
 def headline_metrics(logs: dict) -> dict:

@@ -10,6 +10,8 @@ metrics are sync-on-read, so `result()` aggregates over replicas.
 import tensorflow as tf
 import tf_keras as keras
 
+from simclr_tf2.callbacks import SKIPPED_STEPS_TAG
+
 ENTROPY_EPSILON = 1e-8
 
 
@@ -45,7 +47,7 @@ class _MetricCollection:
 class TrainMetrics(_MetricCollection):
   """Per-step training metrics; the contrastive / supervised ones exist only when computed."""
 
-  def __init__(self, train_mode, lineareval_while_pretraining):
+  def __init__(self, train_mode, lineareval_while_pretraining, loss_scaling=False):
     mean = keras.metrics.Mean
     self.weight_decay = mean('train/weight_decay')
     self.total_loss = mean('train/total_loss')
@@ -58,23 +60,48 @@ class TrainMetrics(_MetricCollection):
     if train_mode == 'finetune' or lineareval_while_pretraining:
       self.supervised_loss = mean('train/supervised_loss')
       self.supervised_acc = mean('train/supervised_acc')
+    # Dynamic loss scaling (mixed_float16) skips the updates whose gradients overflow.
+    self.skipped_steps = keras.metrics.Sum(SKIPPED_STEPS_TAG) if loss_scaling else None
     self.all = tuple(m for m in (
         self.weight_decay, self.total_loss, self.contrast_loss, self.contrast_acc,
-        self.contrast_entropy, self.supervised_loss, self.supervised_acc) if m is not None)
+        self.contrast_entropy, self.supervised_loss, self.supervised_acc, self.skipped_steps)
+                     if m is not None)
 
-  def update_contrastive(self, loss, logits_con, labels_con):
-    self.contrast_loss.update_state(loss)
-    self.contrast_acc.update_state(_argmax_match_rate(labels_con, logits_con))
-    self.contrast_entropy.update_state(contrast_entropy(logits_con))
+  # `applied` (loss scaling only): 1.0 if the step's update is applied, 0.0 if it is skipped;
+  # a skipped step's values (often non-finite) are left out of the means.
 
-  def update_supervised(self, loss, labels, logits):
-    self.supervised_loss.update_state(loss)
-    self.supervised_acc.update_state(_argmax_match_rate(labels, logits))
+  def update_contrastive(self, loss, logits_con, labels_con, applied=None):
+    _update(self.contrast_loss, loss, applied)
+    _update(self.contrast_acc, _argmax_match_rate(labels_con, logits_con), applied)
+    _update(self.contrast_entropy, contrast_entropy(logits_con), applied)
 
-  def update_total(self, weight_decay, total_loss):
+  def update_supervised(self, loss, labels, logits, applied=None):
+    _update(self.supervised_loss, loss, applied)
+    _update(self.supervised_acc, _argmax_match_rate(labels, logits), applied)
+
+  def update_total(self, weight_decay, total_loss, applied=None):
     """`total_loss` is the undivided per-replica loss, weight decay included."""
-    self.weight_decay.update_state(weight_decay)
-    self.total_loss.update_state(total_loss)
+    _update(self.weight_decay, weight_decay, applied)
+    _update(self.total_loss, total_loss, applied)
+
+  def update_skipped(self, applied):
+    """Counts a skipped step once: `applied` is the same on every replica, the first counts."""
+    first = tf.equal(tf.distribute.get_replica_context().replica_id_in_sync_group, 0)
+    self.skipped_steps.update_state(tf.where(first, 1. - applied, 0.))
+
+  def results(self):
+    """As _MetricCollection.results; a block whose every update was skipped has no means."""
+    results = super().results()
+    if self.skipped_steps is not None and float(self.total_loss.count.numpy()) == 0:
+      return {self.skipped_steps.name: results[self.skipped_steps.name]}
+    return results
+
+
+def _update(metric, value, applied):
+  if applied is None:
+    metric.update_state(value)
+  else:
+    metric.update_state(tf.where(applied > 0, value, tf.zeros_like(value)), sample_weight=applied)
 
 
 class EvalMetrics(_MetricCollection):

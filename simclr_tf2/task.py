@@ -12,7 +12,7 @@ drives it; a user's own loop can drive it the same way:
       strategy.run(task.train_step, next(iterator))
 """
 
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import tensorflow as tf
 import tf_keras as keras
@@ -50,7 +50,7 @@ class SimCLRTask:
     self.schedule = None
     self.train_metrics = None
     self._updater = None  # the optimizer, behind dynamic loss scaling under mixed_float16
-    # XLA compiles the pure computation only: optimizer updates and summaries stay outside.
+    # XLA compiles the pure computation only: optimizer updates, metrics and summaries stay out.
     self._gradients = self._maybe_compile(self._loss_gradients)
     self._eval_logits = self._maybe_compile(self._logits)
 
@@ -66,7 +66,8 @@ class SimCLRTask:
       self.schedule = WarmUpAndCosineDecay.from_config(config, num_train_examples)
       self.optimizer = build_optimizer(config.optimizer, self.schedule, config.momentum,
                                        config.weight_decay)
-      self.train_metrics = TrainMetrics(config.train_mode, config.lineareval_while_pretraining)
+      self.train_metrics = TrainMetrics(config.train_mode, config.lineareval_while_pretraining,
+                                        loss_scaling=config.precision == 'mixed_float16')
       # Reading `iterations` creates the legacy optimizer's step counter here, in the strategy
       # scope; created lazily inside a distributed step it would fail.
       _ = self.optimizer.iterations
@@ -93,42 +94,64 @@ class SimCLRTask:
 
     `images` is [b, s, s, 6] (two views) when pretraining, [b, s, s, 3] otherwise; `labels`
     one-hot [b, num_classes]. Call inside `strategy.run`. Under mixed_float16, a step whose
-    gradients overflow is skipped (the global step does not advance) and the loss scale halves.
+    gradients overflow is skipped: no weight changes, the loss scale halves, the step counts
+    in `train/skipped_steps` and not in the loss metrics; as in Keras, the global step (and
+    with it the learning-rate schedule) still advances.
     """
     self._require_optimizer()
     variables = self.model.trainable_variables
-    gradients = self._gradients(images, labels)
+    gradients, values = self._gradients(images, labels)
+    applied = None
+    if self._updater is not self.optimizer:
+      applied = _applied_on_every_replica(gradients)
+      self.train_metrics.update_skipped(applied)
+    metrics = self.train_metrics
+    if values.contrast_loss is not None:
+      metrics.update_contrastive(values.contrast_loss, values.logits_con, values.labels_con,
+                                 applied)
+    if values.supervised_loss is not None:
+      metrics.update_supervised(values.supervised_loss, values.labels, values.logits, applied)
+    metrics.update_total(values.weight_decay, values.total_loss, applied)
     self._updater.apply_gradients(zip(gradients, variables))
 
+  @property
+  def loss_scale(self) -> Optional[float]:
+    """The current dynamic loss scale under mixed_float16, else None."""
+    if self._updater is None or self._updater is self.optimizer:
+      return None
+    return float(self._updater.loss_scale)
+
   def _loss_gradients(self, images, labels):
-    config, model, metrics = self.config, self.model, self.train_metrics
+    """(gradients, StepValues): the pure computation of a step (XLA-compiled if asked)."""
+    config, model = self.config, self.model
     num_replicas = tf.distribute.get_replica_context().num_replicas_in_sync
+    values = {}
     with tf.GradientTape() as tape:
       projection, logits = model(images, training=True, blur_seed=self._blur_seed())
       loss = tf.constant(0.)
       if projection is not None:
         projection = tf.cast(projection, tf.float32)  # the loss is float32 at any precision
-        con_loss, logits_con, labels_con = contrastive_loss(
+        con_loss, values['logits_con'], values['labels_con'] = contrastive_loss(
             projection, hidden_norm=config.hidden_norm, temperature=config.temperature)
         loss += con_loss
-        metrics.update_contrastive(con_loss, logits_con, labels_con)
+        values['contrast_loss'] = con_loss
       if logits is not None:
         logits = tf.cast(logits, tf.float32)
         if config.train_mode == 'pretrain':  # the linear-eval head classifies both views
           labels = tf.concat([labels, labels], 0)
         sup_loss = supervised_loss(labels, logits)
         loss += sup_loss
-        metrics.update_supervised(sup_loss, labels, logits)
+        values.update(supervised_loss=sup_loss, labels=labels, logits=logits)
       decay = weight_decay_loss(model.trainable_variables, config.optimizer, config.weight_decay)
       loss += decay
-      metrics.update_total(decay, loss)
+      values.update(weight_decay=decay, total_loss=loss)
       loss /= num_replicas  # gradients are summed across replicas
       if self._updater is not self.optimizer:
         loss = self._updater.get_scaled_loss(loss)
     gradients = tape.gradient(loss, model.trainable_variables)
     if self._updater is not self.optimizer:
       gradients = self._updater.get_unscaled_gradients(gradients)
-    return gradients
+    return gradients, StepValues(**values)
 
   def _blur_seed(self):
     """Seeded runs: the blur of a step depends on (seed, global step, replica) only, so a run
@@ -160,6 +183,29 @@ class SimCLRTask:
   def _require_optimizer(self):
     if self.optimizer is None:
       raise ValueError('call build_optimizer(num_train_examples) before training')
+
+
+class StepValues(NamedTuple):
+  """What one training step computed, for the metrics (None: not computed in this mode).
+  `total_loss` is the undivided per-replica loss, weight decay included."""
+  weight_decay: tf.Tensor
+  total_loss: tf.Tensor
+  contrast_loss: Optional[tf.Tensor] = None
+  logits_con: Optional[tf.Tensor] = None
+  labels_con: Optional[tf.Tensor] = None
+  supervised_loss: Optional[tf.Tensor] = None
+  labels: Optional[tf.Tensor] = None
+  logits: Optional[tf.Tensor] = None
+
+
+def _applied_on_every_replica(gradients) -> tf.Tensor:
+  """1.0 if every replica's gradients are finite (dynamic loss scaling then applies the
+  all-reduced update), else 0.0; the same value on every replica."""
+  finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(g)) for g in gradients
+                          if g is not None])
+  overflowed = tf.distribute.get_replica_context().all_reduce(
+      tf.distribute.ReduceOp.SUM, 1. - tf.cast(finite, tf.float32))
+  return tf.cast(tf.equal(overflowed, 0.), tf.float32)
 
 
 def _is_distributed(strategy: tf.distribute.Strategy) -> bool:

@@ -27,8 +27,8 @@ import tf_keras as keras
 from simclr_tf2 import checkpoint as ckpt_lib
 from simclr_tf2 import model_dir as model_dir_lib
 from simclr_tf2 import console
-from simclr_tf2.callbacks import (Callback, CheckpointSaver, DivergenceGuard, ProgressBar,
-                                  ProgressLogger, ScalarSummaries, format_metrics)
+from simclr_tf2.callbacks import (LOSS_SCALE_TAG, Callback, CheckpointSaver, DivergenceGuard,
+                                  ProgressBar, ProgressLogger, ScalarSummaries, format_metrics)
 from simclr_tf2.config import Config
 from simclr_tf2.data import build_distributed_dataset, corrupt_image_errors, get_source
 from simclr_tf2.errors import ConfigError, TrainingError, one_line, os_errors
@@ -297,6 +297,8 @@ class Trainer:
       self.train_blocks(iterator, min(steps_per_loop, train_steps - step))
       step = self.step
       logs = task.train_metrics.results()
+      if task.loss_scale is not None:
+        logs[LOSS_SCALE_TAG] = task.loss_scale
       # The schedule at the global step, i.e. the rate of the next update (as the reference).
       logs['learning_rate'] = float(task.schedule(step))
       for callback in self.callbacks:

@@ -87,3 +87,26 @@ def test_metrics_aggregate_over_replicas(two_replica_strategy):
   step()
   assert train.results()['train/weight_decay'] == pytest.approx(0.5)
   assert train.results()['train/total_loss'] == pytest.approx(5.)
+
+
+def test_skipped_steps_are_counted_once_and_left_out_of_the_means(two_replica_strategy):
+  """mixed_float16: a skipped step (applied=0, often non-finite values) counts once in
+  train/skipped_steps, whatever the number of replicas, and is not averaged into the losses."""
+  with two_replica_strategy.scope():
+    train = metrics.TrainMetrics('finetune', False, loss_scaling=True)
+  assert [m.name for m in train.all][-1] == 'train/skipped_steps'
+
+  @tf.function
+  def step(weight_decay, total_loss, applied):
+    def replica_fn():
+      train.update_skipped(applied)
+      train.update_total(weight_decay, total_loss, applied)
+    two_replica_strategy.run(replica_fn)
+
+  step(float('nan'), float('inf'), 0.)
+  assert train.results() == {'train/skipped_steps': 1.}  # no applied step: no means
+  step(0.5, 2., 1.)
+  step(float('nan'), float('nan'), 0.)
+  results = train.results()
+  assert [results[tag] for tag in ('train/weight_decay', 'train/total_loss',
+                                   'train/skipped_steps')] == [0.5, 2., 2.]

@@ -8,6 +8,8 @@ import tensorflow as tf
 from simclr_tf2.checkpoint import object_keys
 from simclr_tf2.config import Config
 from simclr_tf2.task import SimCLRTask
+from simclr_tf2.callbacks import Callback, CheckpointSaver, DivergenceGuard
+from simclr_tf2.errors import TrainingError
 from simclr_tf2.train import Trainer
 
 NUM_EXAMPLES = 1000
@@ -28,14 +30,20 @@ def batch():
   return images, labels
 
 
-def one_step(task, initial_weights=None):
-  """One train_step on the fixed batch under the default strategy; returns the metrics."""
+def one_step(task, initial_weights=None, global_step=0):
+  """One applied train_step on the fixed batch under the default strategy, from `global_step`;
+  returns the metrics. Under mixed_float16 the steps that the initial loss scale makes overflow
+  come first: they change no weight, advance the global step and count as skipped."""
   task.build_optimizer(NUM_EXAMPLES)
   if initial_weights is not None:
     task.model.set_weights(initial_weights)
-  images, labels = batch()
-  tf.function(task.train_step)(tf.constant(images), tf.constant(labels))
-  return task.train_metrics.results()
+  task.optimizer.iterations.assign(global_step)
+  step = tf.function(task.train_step)
+  for _ in range(16):  # the loss scale halves from 2**15 to its minimum 1
+    step(*map(tf.constant, batch()))
+    if 'train/total_loss' in task.train_metrics.results():
+      return task.train_metrics.results()
+  raise AssertionError('every step was skipped')
 
 
 @pytest.mark.parametrize('precision', ['mixed_bfloat16', 'mixed_float16'])
@@ -66,13 +74,14 @@ def test_mixed_precision_step_is_close_to_float32_and_its_checkpoint_loads_in_fl
     precision, tmp_path):
   reference = SimCLRTask(tiny(), 10)
   initial = reference.model.get_weights()
-  reference_metrics = one_step(reference)
   mixed = SimCLRTask(tiny(precision=precision), 10)
   mixed_metrics = one_step(mixed, initial)
-  assert int(mixed.global_step.numpy()) == 1  # the step was applied, not skipped
+  skipped = int(mixed_metrics.pop('train/skipped_steps', 0))
+  # The same update in float32: same weights, same learning rate (global step).
+  reference_metrics = one_step(reference, global_step=skipped)
   for tag, value in reference_metrics.items():
     assert mixed_metrics[tag] == pytest.approx(value, rel=0.05, abs=0.05), tag
-  prefix = Trainer(mixed, str(tmp_path), callbacks=[]).save_checkpoint(1)
+  prefix = Trainer(mixed, str(tmp_path), callbacks=[]).save_checkpoint(skipped + 1)
   restored = SimCLRTask(tiny(), 10)
   restored.build_optimizer(NUM_EXAMPLES)
   assert Trainer(restored, str(tmp_path), callbacks=[]).restore() == prefix
@@ -104,3 +113,66 @@ def test_jit_compile_with_synchronised_batch_norm_is_refused_under_a_strategy(
   with pytest.raises(ValueError, match='--jit_compile=true under a distribution strategy needs '
                      '--global_bn=false'):
     SimCLRTask(tiny(jit_compile=True), 10, two_replica_strategy)
+
+
+class Recorder(Callback):
+  """Each block's logs and whether it changed the trainable weights."""
+
+  def __init__(self):
+    self.logs, self.changed, self._weights = [], [], None
+
+  def on_train_begin(self, trainer):
+    self._weights = [v.numpy() for v in trainer.task.model.trainable_variables]
+
+  def on_block_end(self, trainer, step, logs):
+    weights = [v.numpy() for v in trainer.task.model.trainable_variables]
+    self.changed.append(any(not np.array_equal(a, b) for a, b in zip(weights, self._weights)))
+    self.logs.append(logs)
+    self._weights = weights
+
+
+def train_float16(model_dir, steps, steps_per_loop, callbacks, temperature, initial_weights):
+  """mixed_float16 steps on the fixed batch. A low temperature makes the contrastive gradients
+  large: scaled by the initial loss scale 2**15 they overflow float16, unscaled they do not."""
+  task = SimCLRTask(tiny(precision='mixed_float16', temperature=temperature), 10)
+  task.build_optimizer(NUM_EXAMPLES)
+  task.model.set_weights(initial_weights)
+  recorder = Recorder()
+  trainer = Trainer(task, str(model_dir), callbacks=[DivergenceGuard(), *callbacks, recorder])
+  dataset = tf.data.Dataset.from_tensors(tuple(map(tf.constant, batch()))).repeat()
+  try:
+    trainer.fit(dataset, train_steps=steps, steps_per_loop=steps_per_loop)
+  finally:
+    trainer.summary_writer.close()
+  return recorder
+
+
+def test_float16_overflow_skips_steps_without_stopping_the_run(tmp_path):
+  """Issue 13: the skipped steps change no weight, halve the loss scale, are counted and left
+  out of the losses; the divergence guard lets the run go on."""
+  initial = SimCLRTask(tiny(), 10).model.get_weights()
+  one_by_one = train_float16(tmp_path / 'blocks_of_1', 8, 1, [], 0.02, initial)
+  skipped = [logs['train/skipped_steps'] for logs in one_by_one.logs]
+  assert skipped[:5] == [1.] * 5 and 0. in skipped[5:]  # recovers at a lower loss scale
+  assert one_by_one.changed == [value == 0. for value in skipped]
+  scales = [logs['train/loss_scale'] for logs in one_by_one.logs]
+  assert scales[:5] == [2. ** 14, 2. ** 13, 2. ** 12, 2. ** 11, 2. ** 10]
+  for logs in one_by_one.logs:  # a skipped step has no loss to show
+    assert ('train/total_loss' in logs) == (logs['train/skipped_steps'] == 0.)
+
+  one_block = train_float16(tmp_path / 'one_block', 8, 8, [], 0.02, initial)
+  applied_losses = [logs['train/total_loss'] for logs in one_by_one.logs if 'train/total_loss'
+                    in logs]
+  (logs,) = one_block.logs
+  assert logs['train/skipped_steps'] == sum(skipped)
+  assert logs['train/total_loss'] == pytest.approx(np.mean(applied_losses), rel=1e-5)
+
+
+def test_float16_overflow_at_the_minimum_loss_scale_stops_the_run(tmp_path):
+  """Gradients that overflow even at loss scale 1 (Keras' floor): every step is skipped, and
+  the guard stops the run once the scale is at the floor instead of running on unchanged."""
+  with pytest.raises(TrainingError, match=r'float16 gradients still overflow with the loss scale '
+                     r'down to its minimum at step 15 .*use --precision=mixed_bfloat16 or float32'):
+    train_float16(tmp_path, 100, 1, [CheckpointSaver()], 1e-6,
+                  SimCLRTask(tiny(), 10).model.get_weights())
+  assert tf.train.latest_checkpoint(str(tmp_path)).endswith('ckpt-14')
