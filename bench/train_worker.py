@@ -5,16 +5,18 @@
                                    "steps": 3, "blocks": 3, "profile": false}'
 
 `code` is the source tree to import simclr_tf2 from: this checkout, or the baseline commit
-extracted by bench.py. The baseline predates the public Task/Trainer API, so for it the worker
-drives its Experiment's loop function (the only way that code exposes a step).
+extracted by bench.py. Each tree trains through its public API (see build): `blocks` + 1 blocks
+of `steps` steps, with a checkpoint, summaries and a progress line after each block.
 
 Figures: warm-up seconds (construction, tracing and the first block), images/s of each further
-block, peak resident memory, and the loss of one fixed batch from the same initial weights (to
-check that two code trees compute the same numbers). With `profile`, the step time is split into
-input, forward, forward+backward and full step.
+block (timed from one block's progress line to the next), peak resident memory, and the loss of
+one fixed batch from the same initial weights (to check that two code trees compute the same
+numbers). With `profile` (this checkout only), the step time is split into input, forward and
+forward+backward.
 """
 
 import json
+import logging
 import os
 import resource
 import sys
@@ -36,32 +38,41 @@ from simclr_tf2.data import get_source  # noqa: E402
 NEW_API = os.path.exists(os.path.join(ARGS['code'], 'simclr_tf2', 'task.py'))
 
 
+class BlockTimes(logging.Handler):
+  """When each block ended: both code trees log one progress line ('... images/s ...') after
+  every block of `checkpoint_steps` steps, once its checkpoint and summaries are written."""
+
+  def __init__(self):
+    super().__init__(logging.INFO)
+    self.times = []
+
+  def emit(self, record):
+    if 'images/s' in record.getMessage():
+      self.times.append(time.perf_counter())
+
+
 def build(config):
-  """(step(iterator, n), iterator, model, metrics, loss_of(images, labels))."""
+  """(model, train): the code tree's model before training and its public training call.
+
+  Both trees are driven through what they offer users: the baseline's `Experiment.train()`,
+  this checkout's `Trainer.fit()` with its default callbacks (the same work per block:
+  checkpoint, summaries, progress line).
+  """
   strategy = tf.distribute.get_strategy()
   if NEW_API:
     from simclr_tf2.task import SimCLRTask  # pylint: disable=import-outside-toplevel
     from simclr_tf2.train import Trainer, distributed_dataset  # pylint: disable=import-outside-toplevel
     source = get_source(config.dataset, image_size=config.image_size)
+    num_examples = source.num_examples(config.train_split)
     task = SimCLRTask(config, source.num_classes, strategy)
-    task.build_optimizer(source.num_examples(config.train_split))
-    trainer = Trainer(task, config.model_dir, callbacks=[])
-    iterator = iter(distributed_dataset(config, source, strategy, is_training=True))
-    return trainer.train_blocks, iterator, task.model, task.train_metrics
-  # The baseline commit predates the public API: its own loop function is the only way to time
-  # exactly its training step (this branch never runs on the current code).
+    task.build_optimizer(num_examples)
+    trainer = Trainer(task, config.model_dir)
+    dataset = distributed_dataset(config, source, strategy, is_training=True)
+    return task.model, lambda: trainer.fit(dataset, config.train_steps,
+                                           config.steps_per_loop(num_examples))
   from simclr_tf2.train import Experiment  # pylint: disable=import-outside-toplevel
-  from simclr_tf2.lars import build_optimizer  # pylint: disable=import-outside-toplevel
-  from simclr_tf2.metrics import TrainMetrics  # pylint: disable=import-outside-toplevel
-  from simclr_tf2.schedule import WarmUpAndCosineDecay  # pylint: disable=import-outside-toplevel
   experiment = Experiment(config, strategy)
-  with strategy.scope():
-    optimizer = build_optimizer(config.optimizer, WarmUpAndCosineDecay.from_config(
-        config, experiment.num_train_examples), config.momentum, config.weight_decay)
-    metrics = TrainMetrics(config.train_mode, config.lineareval_while_pretraining)
-  loop = experiment._train_loop_function(optimizer, metrics)  # pylint: disable=protected-access
-  iterator = iter(experiment.distributed_dataset(is_training=True))
-  return (lambda it, n: loop(it, tf.constant(n, tf.int32))), iterator, experiment.model, metrics
+  return experiment.model, experiment.train
 
 
 def input_only(config):
@@ -129,26 +140,23 @@ def main():
   config = config_lib.Config(
       dataset='digits', use_tpu=False, resnet_depth=ARGS['resnet_depth'],
       image_size=ARGS['image_size'], train_batch_size=ARGS['batch'], use_blur=True,
-      train_steps=10 ** 6, checkpoint_steps=ARGS['steps'], seed=0, cache_dataset=True,
+      train_steps=ARGS['steps'] * (ARGS['blocks'] + 1), checkpoint_steps=ARGS['steps'], seed=0,
+      cache_dataset=True, keep_checkpoint_max=1,
       model_dir=tempfile.mkdtemp(prefix='simclr_bench_'), **overrides)
   keras.utils.set_random_seed(0)  # same initial weights in both code trees
+  block_times = BlockTimes()
+  logging.getLogger().addHandler(block_times)
+  logging.getLogger().setLevel(logging.INFO)
   start = time.perf_counter()
-  step, iterator, model, metrics = build(config)
+  model, train = build(config)
   initial_weights = [np.array(w) for w in model.get_weights()]
-  step(iterator, ARGS['steps'])
-  metrics.results()  # waits for the device
-  warm_up = time.perf_counter() - start
-  rates = []
-  for _ in range(ARGS['blocks']):
-    metrics.reset()
-    begin = time.perf_counter()
-    step(iterator, ARGS['steps'])
-    metrics.results()
-    rates.append(ARGS['steps'] * ARGS['batch'] / (time.perf_counter() - begin))
-  result = {'warm_up_s': warm_up, 'images_per_s': rates,
+  train()
+  ends = [start] + block_times.times
+  rates = [ARGS['steps'] * ARGS['batch'] / (end - begin) for begin, end in zip(ends[1:], ends[2:])]
+  result = {'warm_up_s': ends[1] - start, 'images_per_s': rates,
             'loss_fixed_batch': fixed_batch_loss(model, config, initial_weights)}
   if ARGS.get('profile'):
-    result['profile_ms'] = profile(model, config, iterator)
+    result['profile_ms'] = profile(model, config)
   result['peak_rss_mib'] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
   print(json.dumps(result))
 
@@ -166,9 +174,13 @@ def fixed_batch_loss(model, config, initial_weights):
   return float(loss)
 
 
-def profile(model, config, iterator):
+def profile(model, config):
   """Median milliseconds per step of: input only, forward, forward + backward."""
-  images, labels = next(iterator)
+  from simclr_tf2.train import distributed_dataset  # pylint: disable=import-outside-toplevel
+  strategy = tf.distribute.get_strategy()
+  iterator = iter(distributed_dataset(
+      config, get_source(config.dataset, image_size=config.image_size), strategy, True))
+  images, _ = next(iterator)
 
   @tf.function
   def forward(images):
