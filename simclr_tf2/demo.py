@@ -96,11 +96,7 @@ def _parse_command_line(argv):
   flags.DEFINE_enum('precision', 'float32', list(PRECISIONS),
                     'Compute precision of both runs (see --precision of simclr-tf2).',
                     flag_values=values)
-  try:
-    values(argv)
-  except flags.Error as error:
-    sys.exit(f'error: {error}')
-  flags.FLAGS(argv[:1])  # absl's own flags keep their defaults; app.run needs them parsed
+  recipes.own_flags_parser(values)(argv)
   return values
 
 

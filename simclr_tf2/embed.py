@@ -20,7 +20,7 @@ from typing import List, NamedTuple, Optional
 
 import numpy as np
 
-from simclr_tf2 import console, probes
+from simclr_tf2 import console, probes, recipes
 from simclr_tf2.errors import SimCLRError, one_line
 
 DEFAULT_ENDPOINT = 'final_avg_pool'
@@ -394,14 +394,6 @@ def run_main():
   flags.DEFINE_integer('verbosity', 0, '>= 1: full logs on the console.', short_name='v',
                        flag_values=values)
 
-  def parse(argv):
-    try:
-      rest = values(argv)
-    except flags.Error as error:
-      sys.exit(f'error: {one_line(error)}')
-    flags.FLAGS(argv[:1])  # absl's own flags keep their defaults; app.run needs them parsed
-    return rest
-
   def main(argv):
     if len(argv) > 1:
       raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
@@ -410,7 +402,7 @@ def run_main():
       console.setup_log_file(os.path.join(values.output_dir, console.LOG_FILE_NAME))
     sys.exit(_report_errors(values))
 
-  app.run(main, flags_parser=parse)
+  app.run(main, flags_parser=recipes.own_flags_parser(values))
 
 if __name__ == '__main__':
   run_main()

@@ -123,3 +123,22 @@ def flags_parser(flag_values: flags.FlagValues):
       sys.exit(f'error: {one_line(error)}')
 
   return parse
+
+
+HELP_ARGUMENTS = frozenset({'-h', '-?', '--help', '--helpshort', '--helpfull'})
+
+
+def own_flags_parser(flag_values: flags.FlagValues):
+  """flags_parser for an entry point with its own FlagValues instead of absl's global FLAGS;
+  absl's own flags are parsed too (keeping their defaults), as `app.run` needs them."""
+  parse = flags_parser(flag_values)
+
+  def parse_own(argv):
+    if HELP_ARGUMENTS.intersection(argv[1:]):  # absl defines these on its global FLAGS only
+      print(f'usage: {os.path.basename(argv[0])} [flags]\n{flag_values.get_help()}')
+      sys.exit(0)
+    remaining = parse(argv)
+    flags.FLAGS(argv[:1])
+    return remaining
+
+  return parse_own

@@ -137,6 +137,22 @@ def test_entry_point_parser_expands_recipes_and_fails_in_one_line(elsewhere, cap
     assert str(info.value).startswith('error: ') and '\n' not in str(info.value)
 
 
+def test_own_flags_parser_parses_its_flags_and_answers_help(capsys):
+  """Entry points with their own FlagValues (demo, simclr-tf2-embed): their flags, absl's own
+  flags parsed for app.run, and --help listing their flags (absl defines it on FLAGS only)."""
+  values = flags.FlagValues()
+  flags.DEFINE_integer('epochs', 3, 'Passes over the data.', flag_values=values)
+  parse = recipes.own_flags_parser(values)
+  assert parse(['prog', '--epochs=5']) == ['prog'] and values.epochs == 5
+  assert flags.FLAGS.is_parsed()
+  for argument in ('--help', '-h'):
+    with pytest.raises(SystemExit) as info:
+      parse(['/bin/prog', argument])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith('usage: prog [flags]') and '--epochs: Passes over the data.' in out
+
+
 def test_conversion_cli_accepts_a_recipe_name(elsewhere, capsys):
   seen = {}
 
