@@ -50,7 +50,7 @@ def run_demo(model_dir=DEFAULT_MODEL_DIR, pretrain_epochs=None, linear_eval_epoc
     callbacks = train.default_callbacks(config)
     if progress_bar:
       callbacks.append(ProgressBar(config.train_batch_size, title))
-    result = train.run(config, strategy, callbacks)
+    result = train.run(config, strategy, callbacks, eval_progress_bar=progress_bar)
   results = {'linear_eval': result.metrics}
   print(f'\nLinear evaluation of the pretrained encoder on the digits {linear_eval.eval_split} '
         f'split ({pretrain.resnet_depth}-layer ResNet, {pretrain.image_size} px, '

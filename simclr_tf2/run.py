@@ -54,9 +54,10 @@ def main(argv, strategy=None):
                        f'{config.resnet_depth} on {config.dataset})', console.device_names(),
                        config.model_dir)
   try:
+    quiet = console.is_quiet()
     result = train.run(config, strategy,
-                       callbacks=train.default_callbacks(config, progress_bar=console.is_quiet()),
-                       flag_values=_flag_values_json(), log_file=True)
+                       callbacks=train.default_callbacks(config, progress_bar=quiet),
+                       flag_values=_flag_values_json(), log_file=True, eval_progress_bar=quiet)
   except (ValueError, SimCLRError) as error:
     if logging.get_verbosity() >= logging.DEBUG:  # --verbosity=1: the traceback too
       traceback.print_exc()

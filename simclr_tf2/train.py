@@ -336,7 +336,8 @@ class Evaluator:
   (optionally) a SavedModel of every evaluated checkpoint."""
 
   def __init__(self, task: SimCLRTask, model_dir: str, dataset_fn: Callable[[], Iterable],
-               eval_steps: int, export: bool = True, summary_dir: Optional[str] = None):
+               eval_steps: int, export: bool = True, summary_dir: Optional[str] = None,
+               progress_bar: bool = False):
     if not task.can_evaluate:
       raise ValueError('nothing to evaluate: the model has no supervised head (use '
                        'train_mode=finetune or --lineareval_while_pretraining=true)')
@@ -346,6 +347,7 @@ class Evaluator:
     self.eval_steps = eval_steps
     self.export = export
     self.summary_dir = summary_dir or model_dir
+    self.progress_bar = progress_bar  # the console's progress line (console.Progress)
     self.saved_model = None
     self.evaluated = []  # checkpoint prefixes evaluated, in order
     self.skipped = []  # (prefix, reason) of checkpoints that could not be evaluated
@@ -366,12 +368,22 @@ class Evaluator:
     logging.info('Evaluating %s (step %d) on %d steps', prefix, global_step, self.eval_steps)
     task.eval_metrics.reset()
     iterator = iter(self.dataset_fn())
+    progress = None
+    if self.progress_bar:
+      progress = console.Progress(self.eval_steps, 'eval',
+                                  images_per_step=task.config.eval_batch_size)
+    # On a pipe each update is a line: about ten of them.
+    update_every = 1 if progress is None or progress.interactive else max(self.eval_steps // 10, 1)
     for index in range(self.eval_steps):
       try:
         self._eval_one_batch(iterator)
       except tf.errors.OutOfRangeError:
         logging.warning('Eval split exhausted after %d of %d steps.', index, self.eval_steps)
         break
+      if progress and ((index + 1) % update_every == 0 or index + 1 == self.eval_steps):
+        progress.update(index + 1, **{'top-1': float(task.eval_metrics.top_1_accuracy.result())})
+    if progress:
+      progress.close()
     result = task.eval_metrics.results()
     summary_writer = summary_writer_for(task.strategy, self.summary_dir)
     with summary_writer.as_default():
@@ -495,7 +507,8 @@ def _check_before_writing(config: Config, source) -> int:
 @corrupt_image_errors()
 def run(config: Config, strategy: Optional[tf.distribute.Strategy] = None,
         callbacks: Optional[Sequence[Callback]] = None,
-        flag_values: Optional[dict] = None, log_file: bool = False) -> RunResult:
+        flag_values: Optional[dict] = None, log_file: bool = False,
+        eval_progress_bar: bool = False) -> RunResult:
   """Runs `config.mode` (train, eval, train_then_eval) in `config.model_dir`.
 
   `strategy`: the tf.distribute strategy to run under (default: build_strategy(config)).
@@ -503,6 +516,8 @@ def run(config: Config, strategy: Optional[tf.distribute.Strategy] = None,
   `flag_values`: the command line's flags, written as flags.json (eval_flags.json for mode=eval).
   `log_file`: also append the process' log (simclr_tf2.console) to model_dir/log.txt
   (model_dir/eval/log.txt for mode=eval) from the moment the run starts writing there.
+  `eval_progress_bar`: the console's progress line during evaluations (training's is a
+  callback, see default_callbacks).
 
   Everything knowable is checked before anything is written. Training (train, train_then_eval)
   holds the model_dir's writer lock and removes leftovers of interrupted saves at start-up and
@@ -529,7 +544,7 @@ def run(config: Config, strategy: Optional[tf.distribute.Strategy] = None,
     eval_steps = config.total_eval_steps(source.num_examples(config.eval_split))
     return Evaluator(task, config.model_dir,
                      lambda: distributed_dataset(config, source, strategy, is_training=False),
-                     eval_steps, summary_dir=summary_dir)
+                     eval_steps, summary_dir=summary_dir, progress_bar=eval_progress_bar)
 
   if config.mode == 'eval':
     if flag_values is not None:

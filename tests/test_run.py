@@ -25,6 +25,7 @@ from simclr_tf2 import run
 from simclr_tf2 import train as train_lib
 from simclr_tf2.checkpoint import object_keys
 from simclr_tf2.config import Config
+from simclr_tf2.data import get_source
 from simclr_tf2.task import SimCLRTask
 
 FLAGS = flags.FLAGS
@@ -237,6 +238,26 @@ def test_finetune_from_pretrain_zero_inits_head_and_eval_mode_evaluates(finetune
   for tag in EVAL_SCALARS:  # every checkpoint, in order (issue 11)
     assert [step for step, _ in scalars(events, tag)] == [2, 3], tag
   assert checkpoint_steps(model_dir) == [2, 3]  # evaluation writes no checkpoint
+
+
+def test_evaluation_progress_bar_shows_steps_top_1_and_images_per_second(finetune_run,
+                                                                        tmp_path, capsys):
+  config = Config(dataset='digits', resnet_depth=18, image_size=8, train_mode='finetune',
+                  fine_tune_after_block=4, eval_batch_size=16, use_tpu=False, use_blur=False)
+  strategy = tf.distribute.get_strategy()
+  source = get_source('digits', image_size=8)
+  evaluator = train_lib.Evaluator(
+      SimCLRTask(config, 10, strategy), str(tmp_path),
+      lambda: train_lib.distributed_dataset(config, source, strategy, is_training=False),
+      eval_steps=3, export=False, progress_bar=True)
+  result = evaluator.evaluate(os.path.join(finetune_run[0], 'ckpt-3'))
+  lines = capsys.readouterr().out.splitlines()  # not a terminal: one plain line per update
+  assert [line.split('  ')[:2] for line in lines] == [
+      ['eval', '[######..............]'], ['eval', '[#############.......]'],
+      ['eval', '[####################]']]
+  assert lines[-1].startswith('eval  [####################]  3/3 steps  top-1 ')
+  assert f'top-1 {result["eval/label_top_1_accuracy"]:.4g}' in lines[-1]
+  assert all('images/s' in line for line in lines[1:])  # measured from the first update on
 
 
 @pytest.mark.parametrize('zero_init', [True, False])
