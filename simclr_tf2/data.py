@@ -429,8 +429,14 @@ def _seeded_training_examples(source, split, input_context, seed, buffer_size, c
 
 
 def build_input_fn(source, global_batch_size, is_training, *, split, train_mode, image_size,
-                   color_jitter_strength, cache_dataset, seed=None, start_step=0):
+                   color_jitter_strength, cache_dataset, seed=None, start_step=0, slack=False):
   """Returns `input_fn(input_context)` building one input pipeline.
+
+  `slack` (training only): tf.data's slack in the final prefetch, which eases CPU contention
+  with a TPU host's step. The reference sets it under every strategy; build_distributed_dataset
+  sets it for TPUs only: under MirroredStrategy TensorFlow's multi-device iterator wraps the
+  pipeline in an options dataset after the final prefetch, tf.data then cannot find that
+  prefetch and logs a warning about it at every start.
 
   Training repeats forever and drops the remainder; evaluation reads the split once and keeps the
   last partial batch. `seed` (int) makes shuffling and augmentation reproducible (K35); None is
@@ -486,7 +492,7 @@ def build_input_fn(source, global_batch_size, is_training, *, split, train_mode,
     if is_training:
       options = tf.data.Options()
       options.deterministic = seed is not None
-      options.experimental_slack = True
+      options.experimental_slack = slack
       dataset = dataset.with_options(options)
     # Seeds are tied to an example's position, not to the (possibly parallel) map call order.
     base_seed = random.SystemRandom().randrange(2**31) if seed is None else seed
@@ -504,5 +510,7 @@ def build_distributed_dataset(source, global_batch_size, is_training, strategy, 
   if global_batch_size % replicas:
     raise ValueError(f'global batch size {global_batch_size} is not divisible by the '
                      f'{replicas} replicas; use a multiple of {replicas}')
-  input_fn = build_input_fn(source, global_batch_size, is_training, **kwargs)
+  on_tpu = isinstance(strategy, (tf.distribute.TPUStrategy,
+                                 tf.distribute.experimental.TPUStrategy))
+  input_fn = build_input_fn(source, global_batch_size, is_training, slack=on_tpu, **kwargs)
   return strategy.distribute_datasets_from_function(input_fn)

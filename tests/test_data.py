@@ -2,6 +2,9 @@
 
 import io
 import logging
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -11,6 +14,7 @@ from PIL import Image
 from simclr_tf2 import data, train
 from simclr_tf2.config import Config
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONTEXT = tf.distribute.InputContext()  # one pipeline, one replica
 
 
@@ -328,6 +332,38 @@ def test_distributed_dataset_gives_per_replica_batches(digits, two_replica_strat
   per_replica = two_replica_strategy.experimental_local_results(images)
   assert [x.shape for x in per_replica] == [(4, 8, 8, 6)] * 2
   assert [y.shape for y in two_replica_strategy.experimental_local_results(labels)] == [(4, 10)] * 2
+
+
+def test_slack_is_set_for_tpus_only(digits):
+  """tf.data's slack (final prefetch) eases TPU hosts; under MirroredStrategy TensorFlow's
+  multi-device iterator hides the final prefetch and tf.data logs a warning at every start."""
+  settings = dict(split='train', train_mode='pretrain', image_size=8, color_jitter_strength=1.0,
+                  cache_dataset=False)
+  for slack in (False, True):
+    dataset = data.build_input_fn(digits, 8, True, slack=slack, **settings)(CONTEXT)
+    assert dataset.options().experimental_slack is slack
+  assert data.build_input_fn(digits, 8, True, **settings)(CONTEXT).options().experimental_slack \
+      is False
+
+
+def test_mirrored_training_pipeline_starts_without_a_slack_warning(tmp_path):
+  """In a fresh process with TensorFlow's C++ log on: no `Could not find a final prefetch`."""
+  script = tmp_path / 'pipeline.py'
+  script.write_text(
+      'import tensorflow as tf\n'
+      'from simclr_tf2 import data\n'
+      'strategy = tf.distribute.MirroredStrategy()\n'
+      'dataset = data.build_distributed_dataset(\n'
+      '    data.get_source("digits", image_size=8), 8, True, strategy, split="train",\n'
+      '    train_mode="pretrain", image_size=8, color_jitter_strength=0.5, cache_dataset=False)\n'
+      'next(iter(dataset))\n'
+      'print("first batch")\n')
+  env = {**os.environ, 'TF_CPP_MIN_LOG_LEVEL': '0', 'PYTHONPATH': REPO}
+  result = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True,
+                          timeout=300, check=False)
+  assert result.returncode == 0 and 'first batch' in result.stdout, result.stderr
+  assert 'port.cc' in result.stderr  # TensorFlow's C++ INFO lines are shown
+  assert 'prefetch' not in result.stderr, result.stderr
 
 
 def test_distributed_batch_must_divide_replicas(digits, two_replica_strategy):
