@@ -176,3 +176,19 @@ def test_float16_overflow_at_the_minimum_loss_scale_stops_the_run(tmp_path):
     train_float16(tmp_path, 100, 1, [CheckpointSaver()], 1e-6,
                   SimCLRTask(tiny(), 10).model.get_weights())
   assert tf.train.latest_checkpoint(str(tmp_path)).endswith('ckpt-14')
+
+
+def test_float16_skipped_step_is_counted_once_on_two_replicas(two_replica_strategy):
+  """The skip decision is all-reduced: both replicas skip together and the step counts once."""
+  task = SimCLRTask(tiny(precision='mixed_float16', temperature=0.02), 10, two_replica_strategy)
+  task.build_optimizer(NUM_EXAMPLES)
+  dataset = two_replica_strategy.experimental_distribute_dataset(
+      tf.data.Dataset.from_tensors(tuple(map(tf.constant, batch()))).repeat())
+
+  @tf.function
+  def step(iterator):
+    two_replica_strategy.run(task.train_step, next(iterator))
+
+  step(iter(dataset))
+  assert task.train_metrics.results() == {'train/skipped_steps': 1.}
+  assert task.loss_scale == 2. ** 14
