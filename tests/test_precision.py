@@ -153,10 +153,13 @@ def test_float16_overflow_skips_steps_without_stopping_the_run(tmp_path):
   initial = SimCLRTask(tiny(), 10).model.get_weights()
   one_by_one = train_float16(tmp_path / 'blocks_of_1', 8, 1, [], 0.02, initial)
   skipped = [logs['train/skipped_steps'] for logs in one_by_one.logs]
-  assert skipped[:5] == [1.] * 5 and 0. in skipped[5:]  # recovers at a lower loss scale
+  # How many steps overflow depends on the initial weights (4 or 5 in our runs); then it recovers.
+  first_applied = skipped.index(0.)
+  assert first_applied >= 2 and skipped[:first_applied] == [1.] * first_applied
   assert one_by_one.changed == [value == 0. for value in skipped]
   scales = [logs['train/loss_scale'] for logs in one_by_one.logs]
-  assert scales[:5] == [2. ** 14, 2. ** 13, 2. ** 12, 2. ** 11, 2. ** 10]
+  # Each skip halves the scale from 2**15; no growth within 8 steps (Keras: after 2000).
+  assert scales == [2. ** (15 - sum(skipped[:index + 1])) for index in range(len(skipped))]
   for logs in one_by_one.logs:  # a skipped step has no loss to show
     assert ('train/total_loss' in logs) == (logs['train/skipped_steps'] == 0.)
 
