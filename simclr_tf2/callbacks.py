@@ -41,10 +41,10 @@ MIN_LOSS_SCALE = 1.0
 
 class DivergenceGuard(Callback):
   """Stops training when a metric (a loss) is not finite, or (mixed_float16) when steps are
-  still skipped as the loss scale reaches its minimum, before anything saves that state. Steps skipped at
-  a larger scale are not divergence: dynamic loss scaling recovers from them (they are left out
-  of the losses and counted in `train/skipped_steps`). (Trainer.save_checkpoint itself refuses
-  non-finite variables.)"""
+  still skipped as the loss scale reaches its minimum, before anything saves that state. Steps
+  skipped at a larger scale are not divergence: dynamic loss scaling recovers from them (they
+  are left out of the losses and counted in `train/skipped_steps`). (Trainer.save_checkpoint
+  itself refuses non-finite variables.)"""
 
   def on_block_end(self, trainer, step, logs):
     keep = (f'The last checkpoint ({trainer.latest_checkpoint or "none"}) is kept: lower '
@@ -55,8 +55,8 @@ class DivergenceGuard(Callback):
     if (logs.get(SKIPPED_STEPS_TAG, 0) > 0
         and logs.get(LOSS_SCALE_TAG, math.inf) <= MIN_LOSS_SCALE):
       raise TrainingError(
-          f'float16 gradients still overflow with the loss scale down to its minimum at step {step} '
-          f'({format_metrics(logs)}); not saving this state. {keep} or use '
+          f'float16 gradients still overflow with the loss scale down to its minimum at step '
+          f'{step} ({format_metrics(logs)}); not saving this state. {keep} or use '
           '--precision=mixed_bfloat16 or float32')
 
 

@@ -102,7 +102,7 @@ class SimCLRTask:
     variables = self.model.trainable_variables
     gradients, values = self._gradients(images, labels)
     applied = None
-    if self._updater is not self.optimizer:
+    if self._scales_loss:
       applied = _applied_on_every_replica(gradients)
       self.train_metrics.update_skipped(applied)
     metrics = self.train_metrics
@@ -117,9 +117,12 @@ class SimCLRTask:
   @property
   def loss_scale(self) -> Optional[float]:
     """The current dynamic loss scale under mixed_float16, else None."""
-    if self._updater is None or self._updater is self.optimizer:
-      return None
-    return float(self._updater.loss_scale)
+    return float(self._updater.loss_scale) if self._scales_loss else None
+
+  @property
+  def _scales_loss(self) -> bool:
+    """Whether updates go through dynamic loss scaling (mixed_float16, once built)."""
+    return self._updater is not None and self._updater is not self.optimizer
 
   def _loss_gradients(self, images, labels):
     """(gradients, StepValues): the pure computation of a step (XLA-compiled if asked)."""
@@ -146,10 +149,10 @@ class SimCLRTask:
       loss += decay
       values.update(weight_decay=decay, total_loss=loss)
       loss /= num_replicas  # gradients are summed across replicas
-      if self._updater is not self.optimizer:
+      if self._scales_loss:
         loss = self._updater.get_scaled_loss(loss)
     gradients = tape.gradient(loss, model.trainable_variables)
-    if self._updater is not self.optimizer:
+    if self._scales_loss:
       gradients = self._updater.get_unscaled_gradients(gradients)
     return gradients, StepValues(**values)
 

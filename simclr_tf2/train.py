@@ -297,8 +297,9 @@ class Trainer:
       self.train_blocks(iterator, min(steps_per_loop, train_steps - step))
       step = self.step
       logs = task.train_metrics.results()
-      if task.loss_scale is not None:
-        logs[LOSS_SCALE_TAG] = task.loss_scale
+      loss_scale = task.loss_scale
+      if loss_scale is not None:
+        logs[LOSS_SCALE_TAG] = loss_scale
       # The schedule at the global step, i.e. the rate of the next update (as the reference).
       logs['learning_rate'] = float(task.schedule(step))
       for callback in self.callbacks:
