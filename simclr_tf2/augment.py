@@ -12,10 +12,9 @@ import functools
 
 import tensorflow as tf
 
-from simclr_tf2.config import check_range
+from simclr_tf2.config import CROP_MIN_AREA, check_range
 
 CROP_PROPORTION = 0.875  # eval centre crop: 87.5 % of the limiting side, then resize
-CROP_AREA_RANGE = (0.08, 1.0)
 CROP_MIN_OBJECT_COVERED = 0.1  # with the full image as the only box, also a 10 % area floor
 CROP_MAX_ATTEMPTS = 100
 COLOR_JITTER_PROBABILITY = 0.8
@@ -40,11 +39,12 @@ def _with_probability(probability, fn, image, seed):
 
 # --- geometry ---------------------------------------------------------------------------------
 
-def random_crop_window(image_shape, height, width, seed):
+def random_crop_window(image_shape, height, width, seed, min_area=CROP_MIN_AREA):
   """(offset_y, offset_x, crop_height, crop_width) of an Inception-style random crop.
 
-  Area 8 %..100 % of the image (effectively >= 10 %, see CROP_MIN_OBJECT_COVERED), aspect ratio
-  within [3/4, 4/3] times the output's; the whole image if 100 attempts find nothing.
+  Area `min_area`..100 % of the image (the reference: 8 %, effectively >= 10 %, see
+  CROP_MIN_OBJECT_COVERED), aspect ratio within [3/4, 4/3] times the output's; the whole image
+  if 100 attempts find nothing.
   """
   aspect = width / height
   begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
@@ -53,15 +53,15 @@ def random_crop_window(image_shape, height, width, seed):
       seed=seed,
       min_object_covered=CROP_MIN_OBJECT_COVERED,
       aspect_ratio_range=(3. / 4. * aspect, 4. / 3. * aspect),
-      area_range=CROP_AREA_RANGE,
+      area_range=(min_area, 1.),
       max_attempts=CROP_MAX_ATTEMPTS,
       use_image_if_no_bounding_boxes=True)
   return begin[0], begin[1], size[0], size[1]
 
 
-def random_resized_crop(image, height, width, seed):
+def random_resized_crop(image, height, width, seed, min_area=CROP_MIN_AREA):
   """A random crop (random_crop_window) resized bicubically to (height, width)."""
-  window = random_crop_window(tf.shape(image), height, width, seed)
+  window = random_crop_window(tf.shape(image), height, width, seed, min_area)
   image = tf.image.crop_to_bounding_box(image, *window)
   return tf.image.resize(image, [height, width], method=tf.image.ResizeMethod.BICUBIC)
 
@@ -156,11 +156,15 @@ def random_color_jitter(image, strength, seed):
 
 # --- entry points -----------------------------------------------------------------------------
 
-def preprocess_for_train(image, height, width, color_jitter_strength, seed):
-  """Random resized crop, random flip, then colour distortion if the strength is > 0."""
+def preprocess_for_train(image, height, width, color_jitter_strength, seed,
+                         crop_min_area=CROP_MIN_AREA, horizontal_flip=True):
+  """Random resized crop, random flip (if `horizontal_flip`), then colour distortion if the
+  strength is > 0. The seed split does not depend on the options: a view keeps its crop and
+  colours when the flip is turned off."""
   crop_seed, flip_seed, color_seed = _split(seed, 3)
-  image = random_resized_crop(image, height, width, crop_seed)
-  image = tf.image.stateless_random_flip_left_right(image, flip_seed)
+  image = random_resized_crop(image, height, width, crop_seed, crop_min_area)
+  if horizontal_flip:
+    image = tf.image.stateless_random_flip_left_right(image, flip_seed)
   if color_jitter_strength > 0:
     image = random_color_jitter(image, color_jitter_strength, color_seed)
   return image
@@ -174,18 +178,22 @@ def preprocess_for_eval(image, height, width, test_crop):
 
 
 def preprocess_image(image, height, width, is_training, color_jitter_strength=0.,
-                     test_crop=True, seed=None):
+                     test_crop=True, seed=None, crop_min_area=CROP_MIN_AREA,
+                     horizontal_flip=True):
   """One SimCLR view of `image` ([H, W, 3], uint8 in [0, 255] or float in [0, 1]).
 
   Returns float32 [height, width, 3] in [0, 1]. `color_jitter_strength` (0 disables colour
-  jitter and grayscale) only matters in training; `test_crop` only in evaluation. `seed` is an
-  int tensor of shape [2] for a reproducible training augmentation (None = fresh randomness).
+  jitter and grayscale), `crop_min_area` and `horizontal_flip` only matter in training;
+  `test_crop` only in evaluation. `seed` is an int tensor of shape [2] for a reproducible
+  training augmentation (None = fresh randomness).
   """
   check_range('color_jitter_strength', color_jitter_strength)  # K24: called without a Config
+  check_range('crop_min_area', crop_min_area)
   image = tf.image.convert_image_dtype(image, tf.float32)
   if is_training:
     seed = random_seed() if seed is None else seed
-    image = preprocess_for_train(image, height, width, color_jitter_strength, seed)
+    image = preprocess_for_train(image, height, width, color_jitter_strength, seed,
+                                 crop_min_area, horizontal_flip)
   else:
     image = preprocess_for_eval(image, height, width, test_crop)
   image = tf.reshape(image, [height, width, 3])

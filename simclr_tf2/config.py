@@ -16,6 +16,7 @@ from simclr_tf2.architecture import CIFAR_MAX_IMAGE_SIZE, PROJ_HEAD_MODES, RESNE
 from simclr_tf2.errors import ConfigError
 
 PRECISIONS = ('float32', 'mixed_bfloat16', 'mixed_float16')
+CROP_MIN_AREA = 0.08  # the reference's random crops cover 8 %..100 % of the image
 MAX_COLOR_JITTER_STRENGTH = 1.25  # beyond it contrast/saturation lower bounds go negative (K24)
 
 
@@ -130,6 +131,14 @@ class Config:
       0, 'Every this many training steps, write the kNN top-1 accuracy of the encoder on the '
       'labeled eval split (train split as memory bank) as the scalar knn/top_1_accuracy; '
       '0 = off.', official=False)
+  crop_min_area: float = _flag(
+      CROP_MIN_AREA, 'Smallest fraction of the image area a random training crop covers, in '
+      '(0, 1]; the reference fixes 0.08 (and its floor of 0.1 still applies below that). Raise '
+      'it for small images or small objects.', official=False)
+  horizontal_flip: bool = _flag(
+      True, 'Randomly flip training images left-right (the reference always does); false for '
+      'data whose mirror image is another thing: digits, text, plans, some scans.',
+      official=False)
   allow_non_finite_checkpoint: bool = _flag(
       False, 'Restore checkpoints containing NaN/inf values instead of refusing them '
       '(for inspecting a diverged run).', official=False)
@@ -264,6 +273,7 @@ RANGES = {
     'temperature': (0, None, False, True, ''),
     'sk_ratio': _AT_LEAST_0,
     'se_ratio': _AT_LEAST_0,
+    'crop_min_area': (0, 1, False, True, ''),
     'color_jitter_strength': (0, MAX_COLOR_JITTER_STRENGTH, True, True,
                               ' (larger values give negative contrast/saturation bounds)'),
     'train_batch_size': _AT_LEAST_1,

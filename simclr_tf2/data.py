@@ -27,7 +27,7 @@ import numpy as np
 import tensorflow as tf
 
 from simclr_tf2 import augment
-from simclr_tf2.config import check_range
+from simclr_tf2.config import CROP_MIN_AREA, check_range
 from simclr_tf2.errors import SimCLRError
 
 logger = logging.getLogger(__name__)
@@ -429,7 +429,8 @@ def _seeded_training_examples(source, split, input_context, seed, buffer_size, c
 
 
 def build_input_fn(source, global_batch_size, is_training, *, split, train_mode, image_size,
-                   color_jitter_strength, cache_dataset, seed=None, start_step=0, slack=False):
+                   color_jitter_strength, cache_dataset, seed=None, start_step=0, slack=False,
+                   crop_min_area=CROP_MIN_AREA, horizontal_flip=True):
   """Returns `input_fn(input_context)` building one input pipeline.
 
   `slack` (training only): tf.data's slack in the final prefetch, which eases CPU contention
@@ -448,6 +449,7 @@ def build_input_fn(source, global_batch_size, is_training, *, split, train_mode,
   if train_mode not in TRAIN_MODES:
     raise ValueError(f'train_mode={train_mode!r} must be one of {", ".join(TRAIN_MODES)}')
   check_range('color_jitter_strength', color_jitter_strength)
+  check_range('crop_min_area', crop_min_area)
   if start_step < 0:
     raise ValueError(f'start_step={start_step} must be >= 0')
   two_views = is_training and train_mode == 'pretrain'
@@ -456,7 +458,8 @@ def build_input_fn(source, global_batch_size, is_training, *, split, train_mode,
 
   def view(image, strength, view_seed):
     return augment.preprocess_image(image, image_size, image_size, is_training, strength,
-                                    test_crop=test_crop, seed=view_seed)
+                                    test_crop=test_crop, seed=view_seed,
+                                    crop_min_area=crop_min_area, horizontal_flip=horizontal_flip)
 
   def map_fn(example, element_seed):
     image, label = example

@@ -70,6 +70,18 @@ class TrainMetrics(_MetricCollection):
   # `applied` (loss scaling only): 1.0 if the step's update is applied, 0.0 if it is skipped;
   # a skipped step's values (often non-finite) are left out of the means.
 
+  def update(self, values, applied=None):
+    """One step's values (task.StepValues) into the metrics this mode has. `applied` (1. or 0.,
+    dynamic loss scaling only, else None) leaves a skipped step out of the means and counts it."""
+    if applied is not None:
+      self.update_skipped(applied)
+    if self.contrast_loss is not None:
+      self.update_contrastive(values.contrast_loss, values.logits_con, values.labels_con,
+                              applied)
+    if self.supervised_loss is not None:
+      self.update_supervised(values.supervised_loss, values.labels, values.logits, applied)
+    self.update_total(values.weight_decay, values.total_loss, applied)
+
   def update_contrastive(self, loss, logits_con, labels_con, applied=None):
     _update(self.contrast_loss, loss, applied)
     _update(self.contrast_acc, _argmax_match_rate(labels_con, logits_con), applied)

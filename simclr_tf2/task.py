@@ -101,17 +101,8 @@ class SimCLRTask:
     self._require_optimizer()
     variables = self.model.trainable_variables
     gradients, values = self._gradients(images, labels)
-    applied = None
-    if self._scales_loss:
-      applied = _applied_on_every_replica(gradients)
-      self.train_metrics.update_skipped(applied)
-    metrics = self.train_metrics
-    if values.contrast_loss is not None:
-      metrics.update_contrastive(values.contrast_loss, values.logits_con, values.labels_con,
-                                 applied)
-    if values.supervised_loss is not None:
-      metrics.update_supervised(values.supervised_loss, values.labels, values.logits, applied)
-    metrics.update_total(values.weight_decay, values.total_loss, applied)
+    applied = _applied_on_every_replica(gradients) if self._scales_loss else None
+    self.train_metrics.update(values, applied)
     self._updater.apply_gradients(zip(gradients, variables))
 
   @property

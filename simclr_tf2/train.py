@@ -162,7 +162,8 @@ def distributed_dataset(config: Config, source, strategy, is_training: bool, sta
       train_mode=config.train_mode, image_size=config.image_size,
       color_jitter_strength=config.color_jitter_strength if is_training else 0.,
       cache_dataset=config.cache_dataset, seed=config.seed,
-      start_step=start_step if is_training else 0)
+      start_step=start_step if is_training else 0, crop_min_area=config.crop_min_area,
+      horizontal_flip=config.horizontal_flip)
 
 
 def default_callbacks(config: Config, source=None, progress_bar: bool = False) -> list:

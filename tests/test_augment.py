@@ -163,3 +163,34 @@ def test_training_flips_half_of_the_views():
   decreasing = (np.diff(rows, axis=1) < 0).all(axis=1)
   assert (increasing | decreasing).all()
   assert 15 <= decreasing.sum() <= 45  # Binomial(60, 0.5): mean 30, sd 3.9
+
+
+def test_crop_min_area_raises_the_area_floor():
+  seeds = tf.stack([_seed(i) for i in range(400)])
+  windows = tf.map_fn(
+      lambda s: tf.stack(augment.random_crop_window([100, 120, 3], 8, 8, s, min_area=0.5)),
+      seeds).numpy()
+  area = windows[:, 2] * windows[:, 3] / (100. * 120.)
+  assert area.min() >= 0.5 and area.min() < 0.6 and area.max() > 0.9
+
+
+def test_without_horizontal_flip_no_view_is_mirrored_and_crops_stay_the_same():
+  ramp = np.tile(np.arange(0, 200, 2, dtype=np.uint8)[None, :, None], (60, 1, 3))
+
+  def views(flip):
+    return np.stack([augment.preprocess_image(tf.constant(ramp), 16, 16, True, 0., seed=_seed(i),
+                                              horizontal_flip=flip).numpy() for i in range(30)])
+
+  flipped, unflipped = views(True), views(False)
+  assert (np.diff(unflipped[:, 8, :, 0], axis=1) > 0).all()  # every row still increases
+  mirrored = (np.diff(flipped[:, 8, :, 0], axis=1) < 0).all(axis=1)
+  assert 0 < mirrored.sum() < 30
+  # The same seed gives the same crop: a flipped view is the unflipped one mirrored.
+  np.testing.assert_allclose(flipped[mirrored], unflipped[mirrored][:, :, ::-1], atol=1e-6)
+  np.testing.assert_array_equal(flipped[~mirrored], unflipped[~mirrored])
+
+
+@pytest.mark.parametrize('area', [0., -0.1, 1.5, float('nan')])
+def test_invalid_crop_min_area_is_a_clear_error(area):
+  with pytest.raises(ValueError, match=r'--crop_min_area=.*'):
+    augment.preprocess_image(tf.constant(COLOURFUL), 8, 8, True, 0., crop_min_area=area)
