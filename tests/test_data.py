@@ -441,11 +441,10 @@ def test_seeded_stream_works_under_a_global_seed_of_zero(digits):
 
 
 def test_config_augmentation_options_reach_the_training_pipeline(digits):
-  # crop_min_area=1 takes the whole image and no flip keeps it as it is: with colour jitter off,
-  # the fine-tuning views are then exactly the evaluation images, in the same (seeded) order.
+  # crop_min_area=1 takes the whole image and no flip keeps it as it is: with colour jitter off
+  # (fine-tuning), every training view is then one of the train images, exactly, with its label.
   config = Config(dataset='digits', train_mode='finetune', image_size=8, train_batch_size=16,
-                  eval_batch_size=16, eval_split='train', seed=3, crop_min_area=1.0,
-                  horizontal_flip=False)
+                  seed=3, crop_min_area=1.0, horizontal_flip=False)
   strategy = tf.distribute.get_strategy()
   views, view_labels = next(iter(train.distributed_dataset(config, digits, strategy, True)))
   images, labels = _split_arrays(digits, 'train')
