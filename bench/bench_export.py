@@ -27,8 +27,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import tensorflow as tf  # noqa: E402
 
-from simclr_tf2 import export  # noqa: E402
-from simclr_tf2.model import build_model  # noqa: E402
+from simclr_tf2.network import export  # noqa: E402
+from simclr_tf2.network.model import build_model  # noqa: E402
 
 CASES = (('R18-32px', dict(resnet_depth=18, image_size=32)),
          ('R50-64px', dict(resnet_depth=50, image_size=64)))

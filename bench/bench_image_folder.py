@@ -27,7 +27,7 @@ from PIL import Image  # noqa: E402
 
 from simclr_tf2.config import Config  # noqa: E402
 from simclr_tf2.data import get_source  # noqa: E402
-from simclr_tf2.train import distributed_dataset  # noqa: E402
+from simclr_tf2.data import distributed_dataset  # noqa: E402
 
 NUM_CLASSES = 10
 SIZE = 32

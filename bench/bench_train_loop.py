@@ -23,8 +23,9 @@ import tensorflow as tf  # noqa: E402
 
 from simclr_tf2.config import Config  # noqa: E402
 from simclr_tf2.data import get_source  # noqa: E402
-from simclr_tf2.task import SimCLRTask  # noqa: E402
-from simclr_tf2.train import Trainer, distributed_dataset  # noqa: E402
+from simclr_tf2.training.task import SimCLRTask  # noqa: E402
+from simclr_tf2.data import distributed_dataset  # noqa: E402
+from simclr_tf2.training.trainer import Trainer
 
 
 def main():

@@ -60,8 +60,9 @@ def build(config):
   """
   strategy = tf.distribute.get_strategy()
   if NEW_API:
-    from simclr_tf2.task import SimCLRTask  # pylint: disable=import-outside-toplevel
-    from simclr_tf2.train import Trainer, distributed_dataset  # pylint: disable=import-outside-toplevel
+    from simclr_tf2.training.task import SimCLRTask  # pylint: disable=import-outside-toplevel
+    from simclr_tf2.data import distributed_dataset  # pylint: disable=import-outside-toplevel
+    from simclr_tf2.training.trainer import Trainer
     source = get_source(config.dataset, image_size=config.image_size)
     num_examples = source.num_examples(config.train_split)
     task = SimCLRTask(config, source.num_classes, strategy)
@@ -163,7 +164,7 @@ def main():
 
 def fixed_batch_loss(model, config, initial_weights):
   """NT-Xent + weight decay of one fixed batch from the initial weights (training-mode BN)."""
-  from simclr_tf2.objective import contrastive_loss  # pylint: disable=import-outside-toplevel
+  from simclr_tf2.training.objective import contrastive_loss  # pylint: disable=import-outside-toplevel
   model.set_weights(initial_weights)
   rng = np.random.default_rng(0)
   images = tf.constant(rng.uniform(size=[8, config.image_size, config.image_size, 6]),
@@ -176,7 +177,7 @@ def fixed_batch_loss(model, config, initial_weights):
 
 def profile(model, config):
   """Median milliseconds per step of: input only, forward, forward + backward."""
-  from simclr_tf2.train import distributed_dataset  # pylint: disable=import-outside-toplevel
+  from simclr_tf2.data import distributed_dataset  # pylint: disable=import-outside-toplevel
   strategy = tf.distribute.get_strategy()
   iterator = iter(distributed_dataset(
       config, get_source(config.dataset, image_size=config.image_size), strategy, True))

@@ -21,9 +21,9 @@ from typing import Dict
 from absl import flags
 import numpy as np
 
-from checkpoints_conversion import cli, tf_to_torch
-from checkpoints_conversion.detect import detect_architecture
+from checkpoints_conversion import cli
 from simclr_tf2 import console
+from simclr_tf2.network.detect import detect_architecture
 
 
 def define_flags(flag_values):
@@ -41,8 +41,8 @@ def define_flags(flag_values):
 def read_values(checkpoint: str = None, saved_model: str = None) -> Dict[str, np.ndarray]:
   """Model variable values keyed like a training checkpoint, from exactly one of the sources."""
   # pylint: disable=import-outside-toplevel  (TensorFlow loads after the console is quiet)
-  from simclr_tf2.checkpoint import read_model_values, resolve_checkpoint
-  from simclr_tf2.export import read_saved_model_variables
+  from simclr_tf2.network.checkpoint import read_model_values, resolve_checkpoint
+  from simclr_tf2.network.export import read_saved_model_variables
   if bool(checkpoint) == bool(saved_model):
     raise ValueError('give exactly one of --checkpoint and --saved_model')
   if saved_model:
@@ -50,9 +50,20 @@ def read_values(checkpoint: str = None, saved_model: str = None) -> Dict[str, np
   return read_model_values(resolve_checkpoint(checkpoint))
 
 
+def torch_conversion():
+  """The tf_to_torch module, or a one-line ImportError naming the extra that installs PyTorch."""
+  try:
+    from checkpoints_conversion import tf_to_torch  # pylint: disable=import-outside-toplevel
+  except ImportError as error:
+    raise ImportError(f'conversion to PyTorch needs PyTorch and safetensors ({error}): '
+                      'pip install "simclr_tf2[torch]"') from None
+  return tf_to_torch
+
+
 def convert(flag_values) -> Dict:
   """Reads, converts and writes; returns the detected architecture."""
   start = time.monotonic()
+  tf_to_torch = torch_conversion()
   output = flag_values.output
   if not output or os.path.splitext(output)[1] not in tf_to_torch.SAVE_FORMATS:
     raise ValueError(f'--output must end with one of {", ".join(tf_to_torch.SAVE_FORMATS)}, '

@@ -32,10 +32,10 @@ def define_flags(flag_values):
 def export_checkpoint(flag_values) -> str:
   """Builds the model the flags and checkpoint describe, restores it strictly and exports it."""
   # pylint: disable=import-outside-toplevel  (TensorFlow loads after the console is quiet)
-  from simclr_tf2.checkpoint import read_shapes, resolve_checkpoint, restore_for_evaluation
-  from simclr_tf2.export import export_saved_model
-  from simclr_tf2.loading import DETECTED_FLAGS, config_for_checkpoint
-  from simclr_tf2.model import build_model
+  from simclr_tf2.network.checkpoint import read_shapes, resolve_checkpoint, restore_for_evaluation
+  from simclr_tf2.network.export import export_saved_model
+  from simclr_tf2.inference.loading import DETECTED_FLAGS, config_for_checkpoint
+  from simclr_tf2.network.model import build_model
   start = time.monotonic()
   if not flag_values.export_dir:
     raise ValueError('--export_dir is required')

@@ -15,10 +15,9 @@ from typing import Dict, Iterator, Mapping, Optional, Tuple
 import numpy as np
 import torch
 
+from checkpoints_conversion import torch_resnet as tr
 from simclr_tf2.architecture import BLOCK_COUNTS, MODEL_PREFIX, STEM_PATH
-
-from . import detect
-from . import torch_resnet as tr
+from simclr_tf2.network import detect
 
 
 def _permute_conv(t):

@@ -28,7 +28,8 @@ def _flag(default, help_text, choices=None, official=True):
 
 @dataclasses.dataclass
 class Config:
-  """All settings. Construct with keyword arguments named like the absl flags."""
+  """All settings. Construct with keyword arguments named like the absl flags; a Config is
+  validated when it is built (a one-line ConfigError names the first bad value)."""
   # --- official flags, in the order of the reference's run.py -----------------------------------
   learning_rate: float = _flag(0.3, 'Base learning rate; scaled by learning_rate_scaling.')
   learning_rate_scaling: str = _flag(
@@ -184,10 +185,14 @@ class Config:
     return dataclasses.asdict(self)
 
   # --- validation -----------------------------------------------------------------------------
+  def __post_init__(self):
+    self.validate()
+
   def validate(self) -> 'Config':
     """Raises ConfigError (a ValueError) with a one-line message for the first invalid value.
 
     Types, NaN/inf, ranges and choices of every field, then the rules linking several fields.
+    Runs when the Config is built; call it again only after changing a field in place.
     """
     hints = typing.get_type_hints(type(self))
     for f in self.fields():

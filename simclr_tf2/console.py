@@ -5,7 +5,7 @@ after parsing their flags and BEFORE TensorFlow is imported, then `setup_log_fil
 
     console.quiet_tensorflow(verbosity)            # the -v / --verbosity value; >= 1 shows all
     console.setup_log_file(os.path.join(model_dir, console.LOG_FILE_NAME))
-    from simclr_tf2 import train                   # TensorFlow loads here
+    from simclr_tf2.training import runner                  # TensorFlow loads here
 
 Why an fd-level filter: TensorFlow 2.21's C++ code logs through absl before `absl::InitializeLog`,
 which writes every message (oneDNN notice, "Could not find cuda drivers", the `cuInit` error on a

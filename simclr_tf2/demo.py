@@ -8,12 +8,11 @@ Recipes: digits_demo (pretraining) and digits_demo_linear_eval (evaluation), in 
 """
 
 import os
-import sys
 import time
 
-from absl import app, flags, logging
+from absl import flags
 
-from simclr_tf2 import console, recipes
+from simclr_tf2 import command, console, recipes
 from simclr_tf2 import flags as config_flags
 from simclr_tf2.config import PRECISIONS
 
@@ -33,24 +32,28 @@ def _epochs(value):
 
 
 def run_demo(model_dir=DEFAULT_MODEL_DIR, pretrain_epochs=None, linear_eval_epochs=None,
-             precision='float32'):
+             precision='float32', strategy=None):
   """Pretrains, linear-evaluates the pretrained encoder and scores frozen features (raw pixels,
-  random-init and pretrained encoders); prints the tables; returns the results."""
-  from simclr_tf2 import train  # pylint: disable=import-outside-toplevel
-  from simclr_tf2.callbacks import ProgressBar  # pylint: disable=import-outside-toplevel
+  random-init and pretrained encoders); prints the tables; returns the results. `strategy`:
+  default build_strategy of the recipe."""
+  from simclr_tf2.distribute import build_strategy  # pylint: disable=import-outside-toplevel
+  from simclr_tf2.model_dir import write_json  # pylint: disable=import-outside-toplevel
+  from simclr_tf2.training.runner import run  # pylint: disable=import-outside-toplevel
+  from simclr_tf2.training.trainer import default_callbacks  # pylint: disable=import-outside-toplevel
+  from simclr_tf2.training.callbacks import ProgressBar  # pylint: disable=import-outside-toplevel
   pretrain = recipe('digits_demo.cfg', model_dir=os.path.join(model_dir, 'pretrain'),
                     precision=precision, **_epochs(pretrain_epochs))
   linear_eval = recipe('digits_demo.cfg', 'digits_demo_linear_eval.cfg',
                        checkpoint=pretrain.model_dir,
                        model_dir=os.path.join(model_dir, 'linear_eval_pretrained'),
                        precision=precision, **_epochs(linear_eval_epochs))
-  strategy = train.build_strategy(pretrain)
+  strategy = strategy or build_strategy(pretrain)
   progress_bar = console.is_quiet()
   for config, title in ((pretrain, 'pretrain'), (linear_eval, 'linear eval')):
-    callbacks = train.default_callbacks(config)
+    callbacks = default_callbacks(config)
     if progress_bar:
       callbacks.append(ProgressBar(config.train_batch_size, title))
-    result = train.run(config, strategy, callbacks, eval_progress_bar=progress_bar)
+    result = run(config, strategy, callbacks, eval_progress_bar=progress_bar)
   results = {'linear_eval': result.metrics}
   print(f'\nLinear evaluation of the pretrained encoder on the digits {linear_eval.eval_split} '
         f'split ({pretrain.resnet_depth}-layer ResNet, {pretrain.image_size} px, '
@@ -58,16 +61,16 @@ def run_demo(model_dir=DEFAULT_MODEL_DIR, pretrain_epochs=None, linear_eval_epoc
         f'{result.metrics["eval/label_top_1_accuracy"]:.3f}, top-5 '
         f'{result.metrics["eval/label_top_5_accuracy"]:.3f}')
   results['representation_scores'] = _representation_scores(pretrain, model_dir, strategy)
-  train.write_json(os.path.join(model_dir, 'demo_results.json'), results)
+  write_json(os.path.join(model_dir, 'demo_results.json'), results)
   return results
 
 
 def _representation_scores(pretrain, model_dir, strategy):
   """Raw pixels vs random-init encoder (batch norm recalibrated on the data) vs pretrained
   encoder; prints the table and where the t-SNE scatter and thumbnail map are."""
-  from simclr_tf2 import ablation  # pylint: disable=import-outside-toplevel
+  from simclr_tf2.inference import ablation  # pylint: disable=import-outside-toplevel
   from simclr_tf2.data import get_source  # pylint: disable=import-outside-toplevel
-  from simclr_tf2.loading import load_model  # pylint: disable=import-outside-toplevel
+  from simclr_tf2.inference.loading import load_model  # pylint: disable=import-outside-toplevel
   print('\nScoring frozen features (raw pixels, random-init and pretrained encoders) ...',
         flush=True)
   output_dir = os.path.join(model_dir, 'embeddings')
@@ -84,9 +87,8 @@ def _representation_scores(pretrain, model_dir, strategy):
   return result.scores
 
 
-def _parse_command_line(argv):
-  """The demo's own flags (no global FLAGS: only this entry point reads them)."""
-  values = flags.FlagValues()
+def define_flags(values):
+  """The demo's own flags."""
   flags.DEFINE_string('model_dir', DEFAULT_MODEL_DIR, 'Where the three runs are written.',
                       flag_values=values)
   flags.DEFINE_integer('pretrain_epochs', None, 'Override the pretraining epochs of the recipe.',
@@ -96,24 +98,19 @@ def _parse_command_line(argv):
   flags.DEFINE_enum('precision', 'float32', list(PRECISIONS),
                     'Compute precision of both runs (see --precision of simclr-tf2).',
                     flag_values=values)
-  recipes.own_flags_parser(values)(argv)
-  return values
 
 
-def main(values):
-  console.quiet_tensorflow(logging.get_verbosity())  # absl's, set by app.run
-  console.setup_log_file(os.path.join(values.model_dir, console.LOG_FILE_NAME))
+def main(values) -> int:
+  """The demo for parsed flags; prints the header, the tables and the summary."""
+  # pylint: disable=import-outside-toplevel  (TensorFlow loads after the console is quiet)
+  from simclr_tf2.distribute import build_strategy, describe
+  from simclr_tf2.inference.ablation import KNN, PRETRAINED, PROBE
   start = time.monotonic()
+  strategy = build_strategy(recipe('digits_demo.cfg'))  # before anything touches the devices
   console.print_header('simclr_tf2 demo: SimCLR on digits, then what the encoder learned',
-                       console.device_names(), values.model_dir)
-  from simclr_tf2.ablation import KNN, PRETRAINED, PROBE  # pylint: disable=import-outside-toplevel
-  from simclr_tf2.errors import SimCLRError, one_line  # pylint: disable=import-outside-toplevel
-  try:
-    results = run_demo(values.model_dir, values.pretrain_epochs, values.linear_eval_epochs,
-                       values.precision)
-  except SimCLRError as error:
-    print(f'error: {one_line(error)}', file=sys.stderr)
-    return 1
+                       describe(strategy), values.model_dir)
+  results = run_demo(values.model_dir, values.pretrain_epochs, values.linear_eval_epochs,
+                     values.precision, strategy)
   pretrained = results['representation_scores'][PRETRAINED]
   console.print_summary(
       {'linear-eval top-1': results['linear_eval']['eval/label_top_1_accuracy'],
@@ -125,7 +122,12 @@ def main(values):
   return 0
 
 
-if __name__ == '__main__':
+def run_main():
+  """`python -m simclr_tf2.demo`: quiet console unless -v 1; the log goes to model_dir/log.txt."""
   os.environ.setdefault('TF_USE_LEGACY_KERAS', '1')  # Keras 2 (docs/api.md)
-  logging.set_verbosity(logging.INFO)
-  app.run(main, flags_parser=_parse_command_line)
+  command.main(define_flags, main,
+               log_file=lambda values: os.path.join(values.model_dir, console.LOG_FILE_NAME))
+
+
+if __name__ == '__main__':
+  run_main()

@@ -38,7 +38,7 @@ def define_config_flags(flag_values=flags.FLAGS, names=None):
 def config_from_flags(flag_values=flags.FLAGS) -> Config:
   """A validated Config from parsed flags (ValueError with a one-line message if invalid)."""
   values = {f.name: flag_values[f.name].value for f in Config.fields() if f.name in flag_values}
-  return Config.from_kwargs(**values).validate()
+  return Config.from_kwargs(**values)
 
 
 def explicitly_set(flag_values=flags.FLAGS):

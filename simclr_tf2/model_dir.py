@@ -18,7 +18,7 @@ import os
 import re
 import socket
 import uuid
-from typing import List, NamedTuple, Optional
+from typing import List, NamedTuple, Optional, Tuple
 
 from simclr_tf2.errors import ModelDirError, one_line, os_errors
 
@@ -26,13 +26,13 @@ logger = logging.getLogger(__name__)
 
 LOCK_FILE_NAME = 'writer.lock'
 STATE_FILE_NAME = 'checkpoint'  # TensorFlow's checkpoint state file
-SAVED_MODEL_SUBDIR = 'saved_model'  # export.SAVED_MODEL_SUBDIR (this module imports no TF)
+SAVED_MODEL_SUBDIR = 'saved_model'  # a run's exports: model_dir/saved_model/<global step>
 
 # Leftovers of an interrupted save or export (the writers' temporary names):
 #   ckpt-N_temp/                TF's sharded checkpoint save, before merging into ckpt-N.*
 #   ckpt-N.index.tempstate123   TF's BundleWriter, before its rename
 #   checkpoint.tmp<32 hex>      TF's atomic write of the state file
-#   *.json.tmp-<pid>            train.write_json, before its rename (only if <pid> is dead)
+#   *.json.tmp-<pid>            write_json, before its rename (only if <pid> is dead)
 #   saved_model/N.tmp-<8 hex>   export.export_saved_model's staging directory
 #   saved_model/N.old-<8 hex>   the previous export moved aside (put back if N is missing)
 _CHECKPOINT_TEMPORARY = re.compile(r'.+-\d+_temp(_[0-9a-f]{32})?|.+\.tempstate\d+|'
@@ -302,22 +302,36 @@ class CheckpointState(NamedTuple):
   all: List[str]
 
 
-def _numbered_prefixes(model_dir: str) -> List[str]:
-  """`<name>-<N>` prefixes with an .index file, by N."""
+def numbered_checkpoints(directory: str, name: str = '') -> List[Tuple[int, str]]:
+  """[(N, prefix)] of the checkpoints `<name>-<N>` with an .index file in a directory, by N.
+
+  `name` = '' takes every name (a directory of foreign checkpoints); 'ckpt' those of a run.
+  """
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel
+  pattern = re.compile(rf'({re.escape(name) if name else ".+"}-(\d+))\.index')
   found = []
-  if _is_url(model_dir) or not os.path.isdir(model_dir):
-    return found
-  for name in os.listdir(model_dir):
-    match = re.fullmatch(r'(.+-(\d+))\.index', name)
+  for index_file in tf.io.gfile.glob(os.path.join(directory, '*.index')):
+    match = pattern.fullmatch(os.path.basename(index_file))
     if match:
-      found.append((int(match.group(2)), os.path.join(model_dir, match.group(1))))
-  return [prefix for _, prefix in sorted(found)]
+      found.append((int(match.group(2)), index_file[:-len('.index')]))
+  return sorted(found)
+
+
+def write_json(path: str, value) -> None:
+  """Writes JSON atomically: readers never see a half-written file."""
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel
+  temporary = f'{path}.tmp-{os.getpid()}'
+  with os_errors('write', path):
+    tf.io.gfile.makedirs(os.path.dirname(path) or '.')
+    with tf.io.gfile.GFile(temporary, 'w') as f:
+      json.dump(value, f, indent=2, sort_keys=True)
+    tf.io.gfile.rename(temporary, path, overwrite=True)
 
 
 def _state_error(path, model_dir, problem):
-  prefixes = _numbered_prefixes(model_dir)
+  prefixes = numbered_checkpoints(model_dir)
   if prefixes:
-    advice = (f'delete it to resume from the newest checkpoint ({os.path.basename(prefixes[-1])}'
+    advice = (f'delete it to resume from the newest checkpoint ({os.path.basename(prefixes[-1][1])}'
               '), or restore it from a backup')
   else:
     advice = 'no checkpoint is in the directory: delete it to start from step 0'

@@ -1,70 +1,59 @@
 """absl entry point: `python -m simclr_tf2.run --flagfile=...` or the `simclr-tf2` command.
 
-Defines the 48 official flags (and this port's additions) from `Config`, parses them, and hands a
-validated Config to `train.run`. Nothing else in the package reads flags.
+Defines the 48 official flags (and this port's additions) from `Config` on its own FlagValues,
+parses them, builds the distribution strategy first (a multi-worker cluster must be configured
+before anything touches TensorFlow's devices), then hands a Config to
+`simclr_tf2.training.runner.run`. Nothing else in the package reads flags.
 """
 
 import json
 import os
 import sys
 import time
-import traceback
+from typing import Optional, Sequence
 
-from absl import app, flags, logging
-
-from simclr_tf2 import console, recipes
+from simclr_tf2 import command, console
 from simclr_tf2 import flags as config_flags
 
-config_flags.define_config_flags()
-FLAGS = flags.FLAGS
+
+def define_flags(values) -> None:
+  config_flags.define_config_flags(values)
 
 
-def _flag_values_json():
-  """All flag values (absl's own included) that JSON can hold, like the reference's flags.json."""
-  values = {}
-  for name in FLAGS:
-    value = FLAGS[name].value
+def flag_values_json(values) -> dict:
+  """The command's flag values that JSON can hold, like the reference's flags.json."""
+  result = {}
+  for name in values:
+    value = values[name].value
     try:
       json.dumps(value)
     except (TypeError, ValueError):
       continue
-    values[name] = value
-  return values
+    result[name] = value
+  return result
 
 
-def main(argv, strategy=None):
-  """Runs the parsed flags' mode; returns the exit code. `strategy`: see train.run.
-
-  Leaves the process' console as the caller set it up (run_main quiets TensorFlow first)."""
-  if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
-  try:
-    config = config_flags.config_from_flags(FLAGS)
-  except ValueError as error:
-    print(f'error: {error}', file=sys.stderr)
-    return 1
+def main(values, strategy=None) -> int:
+  """Runs the parsed flags' mode; returns the exit code. `strategy`: see runner.run (default:
+  the strategy the flags and the environment ask for)."""
+  config = config_flags.config_from_flags(values)  # a bad value: one line, before TensorFlow
   if not config.model_dir:
     print('error: --model_dir is required', file=sys.stderr)
     return 1
-  # Imported after flag validation so a bad flag fails fast, before TensorFlow loads.
-  from simclr_tf2 import train  # pylint: disable=import-outside-toplevel
-  from simclr_tf2.errors import SimCLRError, one_line  # pylint: disable=import-outside-toplevel
+  # pylint: disable=import-outside-toplevel  (TensorFlow loads after the console is quiet)
+  from simclr_tf2.distribute import build_strategy, describe
+  from simclr_tf2.training.runner import EVAL_SUBDIR, run
+  from simclr_tf2.training.trainer import default_callbacks
   start = time.monotonic()
+  strategy = strategy or build_strategy(config)
   console.print_header(f'simclr-tf2 {config.mode} ({config.train_mode}, ResNet-'
-                       f'{config.resnet_depth} on {config.dataset})', console.device_names(),
+                       f'{config.resnet_depth} on {config.dataset})', describe(strategy),
                        config.model_dir)
-  try:
-    quiet = console.is_quiet()
-    result = train.run(config, strategy,
-                       callbacks=train.default_callbacks(config, progress_bar=quiet),
-                       flag_values=_flag_values_json(), log_file=True, eval_progress_bar=quiet)
-  except (ValueError, SimCLRError) as error:
-    if logging.get_verbosity() >= logging.DEBUG:  # --verbosity=1: the traceback too
-      traceback.print_exc()
-    print(f'error: {one_line(error)}', file=sys.stderr)
-    return 1
+  quiet = console.is_quiet()
+  result = run(config, strategy, callbacks=default_callbacks(config, progress_bar=quiet),
+               flag_values=flag_values_json(values), log_file=True, eval_progress_bar=quiet)
   log_dir = config.model_dir if config.mode != 'eval' else os.path.join(config.model_dir,
-                                                                         train.EVAL_SUBDIR)
+                                                                         EVAL_SUBDIR)
   console.print_summary(result.metrics or {}, {
       'checkpoint': result.checkpoint, 'saved_model': result.saved_model,
       'results': result.metrics and os.path.join(config.model_dir, 'result.json'),
@@ -72,16 +61,16 @@ def main(argv, strategy=None):
   return 0
 
 
-def _quiet_main(argv):
-  console.quiet_tensorflow(FLAGS.verbosity)
-  return main(argv)
+def run_in_process(argv: Sequence[str], strategy=None) -> int:
+  """The command in this process (argv[0] = program name); returns the exit code."""
+  return command.run(define_flags, main, argv, strategy=strategy)
 
 
-def run_main():
+def run_main(argv: Optional[Sequence[str]] = None) -> None:
   """Console-script entry point (`simclr-tf2`); `--flagfile` takes a path or a recipe name."""
-  os.environ.setdefault('TF_USE_LEGACY_KERAS', '1')  # Keras 2 (docs/api.md)
-  logging.set_verbosity(logging.INFO)
-  app.run(_quiet_main, flags_parser=recipes.flags_parser(FLAGS))
+  del argv
+  os.environ.setdefault('TF_USE_LEGACY_KERAS', '1')  # Keras 2 for users' tf.keras (docs/api.md)
+  command.main(define_flags, main)
 
 
 if __name__ == '__main__':

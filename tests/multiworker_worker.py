@@ -28,11 +28,12 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from simclr_tf2 import checkpoint as ckpt_lib  # noqa: E402
-from simclr_tf2 import train  # noqa: E402
-from simclr_tf2.callbacks import Callback  # noqa: E402
+from simclr_tf2.network import checkpoint as ckpt_lib  # noqa: E402
+from simclr_tf2.distribute import build_strategy  # noqa: E402
+from simclr_tf2.training.trainer import Trainer, default_callbacks  # noqa: E402
+from simclr_tf2.training.callbacks import Callback  # noqa: E402
 from simclr_tf2.config import Config  # noqa: E402
-from simclr_tf2.task import SimCLRTask  # noqa: E402
+from simclr_tf2.training.task import SimCLRTask  # noqa: E402
 
 TRAIN_STEPS = 3
 GLOBAL_BATCH = 16
@@ -102,7 +103,7 @@ def main(kind, out, model_dir, init_prefix, hang_step=None):
     strategy = tf.distribute.MirroredStrategy([f'/cpu:{i}' for i in range(REPLICAS)])
     worker = 0
   else:
-    strategy = train.build_strategy(CONFIG)
+    strategy = build_strategy(CONFIG)
     assert isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy), strategy
     worker = json.loads(os.environ['TF_CONFIG'])['task']['index']
   task = SimCLRTask(CONFIG.replace(checkpoint=init_prefix), NUM_CLASSES, strategy)
@@ -110,7 +111,7 @@ def main(kind, out, model_dir, init_prefix, hang_step=None):
     tf.train.Checkpoint(model=task.model).write(init_prefix)
   task.build_optimizer(NUM_TRAIN_EXAMPLES)
   record = Record(out, None if hang_step is None else int(hang_step), hang=worker == 1)
-  trainer = train.Trainer(task, model_dir, train.default_callbacks(task.config) + [record])
+  trainer = Trainer(task, model_dir, default_callbacks(task.config) + [record])
   trainer.restore()
   first_step = trainer.step
   trainer.fit(replica_batches(strategy, first_step), TRAIN_STEPS, steps_per_loop=1)

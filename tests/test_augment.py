@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from simclr_tf2 import augment
+from simclr_tf2.data import augment
 
 RNG = np.random.RandomState(0)
 COLOURFUL = RNG.randint(0, 256, (24, 20, 3)).astype(np.uint8)

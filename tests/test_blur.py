@@ -19,11 +19,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from simclr_tf2 import blur
-from simclr_tf2.callbacks import Callback
+from simclr_tf2.network import blur
+from simclr_tf2.training.callbacks import Callback
 from simclr_tf2.config import Config
-from simclr_tf2.model import build_model
-from simclr_tf2.train import default_callbacks, run
+from simclr_tf2.network.model import build_model
+from simclr_tf2.training.runner import run
+from simclr_tf2.training.trainer import default_callbacks
 
 
 def hand_weights(kernel_size, sigma):

@@ -11,10 +11,10 @@ import tf_keras as keras
 from golden_data import (GOLDEN_CONFIGS, NUM_CLASSES, REFERENCE_PARITY, cases, read_keys,
                          read_varnames, golden_model_tree as _golden_model_tree)
 from simclr_tf2.architecture import VALUE_SUFFIX
-from simclr_tf2.checkpoint import object_keys
-from simclr_tf2.lars import EXCLUDE_FROM_WEIGHT_DECAY, build_optimizer
-from simclr_tf2.model import build_model
-from simclr_tf2.schedule import WarmUpAndCosineDecay
+from simclr_tf2.network.checkpoint import object_keys
+from simclr_tf2.training.lars import EXCLUDE_FROM_WEIGHT_DECAY, build_optimizer
+from simclr_tf2.network.model import build_model
+from simclr_tf2.training.schedule import WarmUpAndCosineDecay
 
 
 def _fresh_model(name, **overrides):

@@ -10,7 +10,7 @@ import pytest
 import tensorflow as tf
 
 from simclr_tf2 import console
-from simclr_tf2.model import build_model
+from simclr_tf2.network.model import build_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Lines of TensorFlow's C++ loggers (absl and tsl formats) and of Python's warnings module.

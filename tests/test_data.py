@@ -11,7 +11,9 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from simclr_tf2 import data, train
+from simclr_tf2 import data
+from simclr_tf2.data import distributed_dataset
+from simclr_tf2.training.runner import run
 from simclr_tf2.config import Config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -167,7 +169,7 @@ def test_a_run_stops_at_a_corrupt_image_with_one_line_error(folder, tmp_path):
                   model_dir=str(tmp_path / 'run'))
   with pytest.raises(data.CorruptImageError, match=r'^image_folder: cannot decode image '
                      rf'{folder}/train/dog/(bad|truncated)\.jpg \(skip_corrupt_images=false\)$'):
-    train.run(config, strategy=tf.distribute.get_strategy())
+    run(config, strategy=tf.distribute.get_strategy())
 
 
 def test_image_folder_unlabeled(folder):
@@ -446,7 +448,7 @@ def test_config_augmentation_options_reach_the_training_pipeline(digits):
   config = Config(dataset='digits', train_mode='finetune', image_size=8, train_batch_size=16,
                   seed=3, crop_min_area=1.0, horizontal_flip=False)
   strategy = tf.distribute.get_strategy()
-  views, view_labels = next(iter(train.distributed_dataset(config, digits, strategy, True)))
+  views, view_labels = next(iter(distributed_dataset(config, digits, strategy, True)))
   images, labels = _split_arrays(digits, 'train')
   order = [np.flatnonzero(np.isclose(images / 255., view, atol=1e-5).all(axis=(1, 2, 3)))[0]
            for view in views.numpy()]

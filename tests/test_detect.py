@@ -6,7 +6,7 @@ torch = pytest.importorskip('torch')
 
 from checkpoints_conversion import tf_to_torch as t2t  # noqa: E402
 from golden_data import read_keys  # noqa: E402
-from checkpoints_conversion.detect import detect_architecture  # noqa: E402
+from simclr_tf2.network.detect import detect_architecture  # noqa: E402
 
 SUFFIX = '/.ATTRIBUTES/VARIABLE_VALUE'
 

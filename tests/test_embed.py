@@ -13,11 +13,12 @@ from tensorboard.plugins.projector import projector_config_pb2
 
 from golden_data import golden_model_tree, plausible_value, read_keys
 from simclr_tf2 import embed
-from simclr_tf2.checkpoint import CheckpointError, object_keys
+from simclr_tf2.inference import embeddings
+from simclr_tf2.network.checkpoint import CheckpointError, object_keys
 from simclr_tf2.config import Config
 from simclr_tf2.data import get_source
-from simclr_tf2.loading import load_model
-from simclr_tf2.model import build_model
+from simclr_tf2.inference.loading import load_model
+from simclr_tf2.network.model import build_model
 from test_export import randomize_batch_norm
 
 SIZE = 16
@@ -50,7 +51,7 @@ def digits_batch(size, count=COUNT):
 def assert_embeds_like(model, loaded, endpoint='final_avg_pool', strategy=None):
   images, labels = digits_batch(loaded.config.image_size)
   expected = model.call_with_endpoints(tf.constant(images))[endpoint].numpy()
-  result = embed.compute_embeddings(loaded, get_source('digits', image_size=loaded.config.image_size),
+  result = embeddings.compute_embeddings(loaded, get_source('digits', image_size=loaded.config.image_size),
                                     'test', endpoint, batch_size=8, max_examples=COUNT,
                                     strategy=strategy)
   assert result.embeddings.dtype == np.float32 and result.embeddings.shape == expected.shape
@@ -94,7 +95,7 @@ def test_official_layout_checkpoint_source(golden_dir, tmp_path):
 
 @pytest.mark.slow
 def test_saved_model_source(trained, tmp_path):
-  from simclr_tf2.export import export_saved_model  # pylint: disable=import-outside-toplevel
+  from simclr_tf2.network.export import export_saved_model  # pylint: disable=import-outside-toplevel
   model, config, _, _ = trained
   path = export_saved_model(model, str(tmp_path / 'saved_model' / '42'))
   loaded = load_model(path, image_size=SIZE)
@@ -115,11 +116,11 @@ def test_load_errors_are_one_line(trained, tmp_path):
 
 def test_sprite_thumbnail_size_respects_projector_limit():
   # ceil(sqrt(N)) thumbnails per row must fit in 8192 pixels; 64 px at most.
-  assert embed.sprite_thumbnail_size(100) == 64  # 10 per row
-  assert embed.sprite_thumbnail_size(20000) == 57  # 142 per row: 8192 // 142
-  assert embed.sprite_thumbnail_size(10 ** 6) == 8  # 1000 per row
-  assert embed.sprite_thumbnail_size(8192 ** 2 + 1) == 0  # cannot fit: no sprite
-  sprite = embed.sprite_image(np.zeros([5, 4, 4, 3], np.uint8))  # 3 columns, 2 rows
+  assert embeddings.sprite_thumbnail_size(100) == 64  # 10 per row
+  assert embeddings.sprite_thumbnail_size(20000) == 57  # 142 per row: 8192 // 142
+  assert embeddings.sprite_thumbnail_size(10 ** 6) == 8  # 1000 per row
+  assert embeddings.sprite_thumbnail_size(8192 ** 2 + 1) == 0  # cannot fit: no sprite
+  sprite = embeddings.sprite_image(np.zeros([5, 4, 4, 3], np.uint8))  # 3 columns, 2 rows
   assert sprite.shape == (8, 12, 3)
   assert np.all(sprite[4:, 8:] == 255) and np.all(sprite[4:, :8] == 0)  # 6th cell stays blank
 
@@ -149,7 +150,7 @@ def test_unlabeled_image_folder_end_to_end(trained, tmp_path, capsys):
                              projector_config_pb2.ProjectorConfig())
   (entry,) = config.embeddings
   assert entry.metadata_path == 'metadata.tsv' and entry.sprite.image_path == 'sprite.png'
-  thumbnail = embed.sprite_thumbnail_size(6)
+  thumbnail = embeddings.sprite_thumbnail_size(6)
   assert list(entry.sprite.single_image_dim) == [thumbnail, thumbnail] == [64, 64]
   with Image.open(out / 'sprite.png') as sprite:
     assert sprite.size == (3 * 64, 2 * 64)  # 3 columns (ceil sqrt 6), 2 rows

@@ -17,10 +17,10 @@ import tensorflow as tf
 from absl import logging as absl_logging
 
 from golden_data import GOLDEN_CONFIGS, NUM_CLASSES, REFERENCE_PARITY, cases, read_keys
-from simclr_tf2 import export
+from simclr_tf2.network import export
 from simclr_tf2.architecture import SLOT_MARKER
-from simclr_tf2.checkpoint import object_keys
-from simclr_tf2.model import ENDPOINT_NAMES, build_model
+from simclr_tf2.network.checkpoint import object_keys
+from simclr_tf2.network.model import ENDPOINT_NAMES, build_model
 
 # Pretraining configurations (with linear-eval head) exported once per session; shared with
 # test_conversion_cli.py because each export costs 7-30 s on CPU.

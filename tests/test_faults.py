@@ -20,17 +20,20 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from simclr_tf2 import checkpoint as ckpt_lib
+from simclr_tf2.network import checkpoint as ckpt_lib
 from simclr_tf2 import model_dir as md
-from simclr_tf2 import train
-from simclr_tf2.callbacks import CheckpointSaver
+from simclr_tf2.data import distributed_dataset
+from simclr_tf2.training.evaluator import Evaluator
+from simclr_tf2.training.runner import run
+from simclr_tf2.training.trainer import Trainer, default_callbacks
+from simclr_tf2.training.callbacks import CheckpointSaver
 from simclr_tf2.config import Config
 from simclr_tf2.data import get_source
 from simclr_tf2.errors import CheckpointError, FileSystemError, ModelDirError, TrainingError
 from simclr_tf2.errors import os_errors
-from simclr_tf2.lars import build_optimizer
-from simclr_tf2.model import build_model
-from simclr_tf2.task import SimCLRTask
+from simclr_tf2.training.lars import build_optimizer
+from simclr_tf2.network.model import build_model
+from simclr_tf2.training.task import SimCLRTask
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LOCK_SCRIPT = '''
@@ -364,9 +367,11 @@ def test_resuming_with_another_optimizer_is_a_one_line_error(tmp_path):
 
 RUN_SCRIPT = '''
 import os, signal, sys
-from simclr_tf2 import train
-from simclr_tf2.callbacks import Callback
+
 from simclr_tf2.config import Config
+from simclr_tf2.training.callbacks import Callback
+from simclr_tf2.training.runner import run
+from simclr_tf2.training.trainer import default_callbacks
 
 class KillAfterCheckpoint(Callback):
   """SIGKILL right after the checkpoint of a given step was written (no clean-up can run)."""
@@ -384,8 +389,8 @@ if replicas > 1:  # logical CPU devices, one replica each
   cpu = tf.config.list_physical_devices('CPU')[0]
   tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * replicas)
   strategy = tf.distribute.MirroredStrategy([f'/cpu:{index}' for index in range(replicas)])
-callbacks = train.default_callbacks(config) + ([KillAfterCheckpoint(kill_at)] if kill_at else [])
-train.run(config, strategy, callbacks=callbacks)
+callbacks = default_callbacks(config) + ([KillAfterCheckpoint(kill_at)] if kill_at else [])
+run(config, strategy, callbacks=callbacks)
 '''
 RESUME_SETTINGS = dict(dataset='digits', resnet_depth=18, image_size=8, train_batch_size=16,
                        checkpoint_steps=2, train_steps=6, use_tpu=False, seed=3, mode='train',
@@ -393,7 +398,7 @@ RESUME_SETTINGS = dict(dataset='digits', resnet_depth=18, image_size=8, train_ba
 
 
 def _run_in_subprocess(settings, kill_at=0, replicas=1):
-  """train.run in a fresh process on `replicas` CPU replicas; returns the completed process."""
+  """run in a fresh process on `replicas` CPU replicas; returns the completed process."""
   env = dict(os.environ, CUDA_VISIBLE_DEVICES='', TF_CPP_MIN_LOG_LEVEL='3')
   return subprocess.run([sys.executable, '-c', RUN_SCRIPT, repr(settings), str(kill_at),
                          str(replicas)],
@@ -458,7 +463,7 @@ RUN_SETTINGS = dict(dataset='digits', resnet_depth=18, image_size=8, train_batch
 
 def _run(model_dir, **overrides):
   config = Config(**dict(RUN_SETTINGS, model_dir=str(model_dir), **overrides))
-  return train.run(config, strategy=tf.distribute.get_strategy())
+  return run(config, strategy=tf.distribute.get_strategy())
 
 
 def test_run_on_a_locked_model_dir_fails_before_writing(tmp_path):
@@ -504,12 +509,12 @@ def test_eval_evaluates_every_checkpoint_in_order_and_lists_the_deleted(tmp_path
   source = get_source('digits', image_size=8)
   task = SimCLRTask(config, source.num_classes, strategy)
   task.build_optimizer(source.num_examples('train'))
-  trainer = train.Trainer(task, str(tmp_path), callbacks=[CheckpointSaver()])
-  trainer.fit(train.distributed_dataset(config, source, strategy, is_training=True), 4, 1)
+  trainer = Trainer(task, str(tmp_path), callbacks=[CheckpointSaver()])
+  trainer.fit(distributed_dataset(config, source, strategy, is_training=True), 4, 1)
   assert sorted(p.name for p in tmp_path.glob('ckpt-*.index')) == [
       f'ckpt-{step}.index' for step in (1, 2, 3, 4)]
 
-  class TrainingDeletesAsItGoes(train.Evaluator):
+  class TrainingDeletesAsItGoes(Evaluator):
     """While ckpt-1 is evaluated, the training run's keep_checkpoint_max deletes ckpt-2."""
 
     def evaluate(self, checkpoint_path):
@@ -519,7 +524,7 @@ def test_eval_evaluates_every_checkpoint_in_order_and_lists_the_deleted(tmp_path
       return super().evaluate(checkpoint_path)
 
   evaluator = TrainingDeletesAsItGoes(
-      task, str(tmp_path), lambda: train.distributed_dataset(config, source, strategy, False),
+      task, str(tmp_path), lambda: distributed_dataset(config, source, strategy, False),
       eval_steps=1, export=False, summary_dir=str(tmp_path / 'eval'))
   with caplog.at_level(logging.INFO):
     result = evaluator.evaluate_continuously(train_steps=4, timeout=0)

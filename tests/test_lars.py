@@ -7,8 +7,8 @@ import pytest
 import tensorflow as tf
 import tf_keras as keras
 
-from simclr_tf2 import lars
-from simclr_tf2.schedule import WarmUpAndCosineDecay
+from simclr_tf2.training import lars
+from simclr_tf2.training.schedule import WarmUpAndCosineDecay
 
 EXCLUDE = ['batch_normalization', 'bias', 'head_supervised']
 CASES = ['classic=True,nesterov=False', 'classic=True,nesterov=True',

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from simclr_tf2 import metrics
+from simclr_tf2.training import metrics
 
 ALL_TRAIN = ['train/weight_decay', 'train/total_loss', 'train/contrast_loss', 'train/contrast_acc',
              'train/contrast_entropy', 'train/supervised_loss', 'train/supervised_acc']

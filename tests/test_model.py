@@ -10,9 +10,9 @@ import pytest
 import tensorflow as tf
 import tf_keras as keras
 
-from simclr_tf2.checkpoint import object_keys
-from simclr_tf2.model import ENDPOINT_NAMES, build_model
-from simclr_tf2.resnet import BatchNormRelu, NormSettings
+from simclr_tf2.network.checkpoint import object_keys
+from simclr_tf2.network.model import ENDPOINT_NAMES, build_model
+from simclr_tf2.network.resnet import BatchNormRelu, NormSettings
 
 BATCH = 2
 

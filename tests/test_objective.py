@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from simclr_tf2 import objective
+from simclr_tf2.training import objective
 
 
 @pytest.fixture(scope='module')

@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from simclr_tf2 import embed, plots
+from simclr_tf2 import embed
+from simclr_tf2.inference import embeddings
+from simclr_tf2.inference import plots
 
 TAB_BLUE, TAB_ORANGE = (31, 119, 180), (255, 127, 14)  # matplotlib's tab10 colours 0 and 1
 RED, GREEN = (255, 0, 0), (0, 255, 0)
@@ -67,7 +69,7 @@ def test_write_plots_files(tmp_path):
   rng = np.random.default_rng(1)
   features = rng.standard_normal((12, 6))
   thumbnails = rng.integers(0, 256, (12, 8, 8, 3), dtype=np.uint8)
-  paths = embed.write_plots(str(tmp_path), features, ['pca', 'map'], thumbnails=thumbnails)
+  paths = embeddings.write_plots(str(tmp_path), features, ['pca', 'map'], thumbnails=thumbnails)
   assert [p.rsplit('/', 1)[1] for p in paths] == ['pca.png', 'thumbnail_map.png']
   assert pixels(paths[0]).shape == (800, 800, 3)
   assert pixels(paths[1]).shape == (plots.MAP_PIXELS, plots.MAP_PIXELS, 3)
@@ -83,3 +85,9 @@ def test_missing_matplotlib_is_a_one_line_error(monkeypatch, capsys):
   err = capsys.readouterr().err
   assert code == 1
   assert err.startswith('error: plots need matplotlib') and err.count('\n') == 1
+  # The default plots are skipped on a base install: one line says so, the tool goes on (and
+  # here stops at the missing source).
+  code = embed.run(['embed', '--source=/nonexistent', '--output_dir=/nonexistent/out'])
+  lines = capsys.readouterr().err.splitlines()
+  assert code == 1 and lines[0].startswith('Plots skipped: plots need matplotlib')
+  assert lines[1].startswith('error: ') and '/nonexistent' in lines[1]

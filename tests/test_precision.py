@@ -5,12 +5,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from simclr_tf2.checkpoint import object_keys
+from simclr_tf2.network.checkpoint import object_keys
 from simclr_tf2.config import Config
-from simclr_tf2.task import SimCLRTask
-from simclr_tf2.callbacks import Callback, CheckpointSaver, DivergenceGuard
+from simclr_tf2.training.task import SimCLRTask
+from simclr_tf2.training.callbacks import Callback, CheckpointSaver, DivergenceGuard
 from simclr_tf2.errors import TrainingError
-from simclr_tf2.train import Trainer
+from simclr_tf2.training.trainer import Trainer
 
 NUM_EXAMPLES = 1000
 BATCH = 8

@@ -9,11 +9,11 @@ import pytest
 from PIL import Image
 import tensorflow as tf
 
-from simclr_tf2 import probes
+from simclr_tf2.inference import probes
 from simclr_tf2.config import Config
 from simclr_tf2.data import get_source
-from simclr_tf2.embed import eval_images
-from simclr_tf2.model import build_model
+from simclr_tf2.inference.embeddings import eval_images
+from simclr_tf2.network.model import build_model
 
 NUM_CLASSES = 4
 TEST_COUNT = 400
@@ -153,7 +153,7 @@ def test_config_knn_monitor_steps():
 
 
 def test_random_init_encoder_gets_batch_norm_statistics_from_the_data():
-  from simclr_tf2.ablation import random_init_encoder  # pylint: disable=import-outside-toplevel
+  from simclr_tf2.inference.ablation import random_init_encoder  # pylint: disable=import-outside-toplevel
   size = 8
   config = Config(resnet_depth=18, image_size=size, proj_out_dim=8)
   source = get_source('digits', image_size=size)
@@ -176,5 +176,5 @@ def test_random_init_encoder_gets_batch_norm_statistics_from_the_data():
 
 
 def probes_object_keys(model):
-  from simclr_tf2.checkpoint import object_keys  # pylint: disable=import-outside-toplevel
+  from simclr_tf2.network.checkpoint import object_keys  # pylint: disable=import-outside-toplevel
   return object_keys(model=model)

@@ -18,17 +18,17 @@ import sys
 import numpy as np
 import pytest
 import tensorflow as tf
-from absl import flags
 
 from golden_data import golden_model_tree, read_keys
 from simclr_tf2 import run
-from simclr_tf2 import train as train_lib
-from simclr_tf2.checkpoint import object_keys
+from simclr_tf2.data import distributed_dataset
+from simclr_tf2.training.evaluator import Evaluator
+from simclr_tf2.training.trainer import Trainer
+from simclr_tf2.network.checkpoint import object_keys
 from simclr_tf2.config import Config
 from simclr_tf2.data import get_source
-from simclr_tf2.task import SimCLRTask
+from simclr_tf2.training.task import SimCLRTask
 
-FLAGS = flags.FLAGS
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VALUE = '/.ATTRIBUTES/VARIABLE_VALUE'
 HEAD_KERNEL = 'model/supervised_head/linear_layer/dense/kernel' + VALUE
@@ -56,17 +56,12 @@ EVAL_SCALARS = ('eval/regularization_loss', 'eval/label_top_1_accuracy',
 # --- helpers ---------------------------------------------------------------------------------
 
 def run_main(args):
-  """Parses `args` like the command line and calls run.main under the default (one-device)
-  strategy; returns (exit code, stdout, stderr). The command line's own MirroredStrategy would
-  share collective keys with conftest's two-replica strategy in this process."""
+  """The command in this process (run.run_in_process) under the default (one-device) strategy;
+  returns (exit code, stdout, stderr). The command line's own MirroredStrategy would share
+  collective keys with conftest's two-replica strategy in this process."""
   out, err = io.StringIO(), io.StringIO()
-  FLAGS.unparse_flags()
-  try:
-    FLAGS(['run'] + list(args))
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-      code = run.main(['run'], strategy=tf.distribute.get_strategy())
-  finally:
-    FLAGS.unparse_flags()
+  with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+    code = run.run_in_process(['run'] + list(args), strategy=tf.distribute.get_strategy())
   return code, out.getvalue(), err.getvalue()
 
 
@@ -246,9 +241,9 @@ def test_evaluation_progress_bar_shows_steps_top_1_and_images_per_second(finetun
                   fine_tune_after_block=4, eval_batch_size=16, use_tpu=False, use_blur=False)
   strategy = tf.distribute.get_strategy()
   source = get_source('digits', image_size=8)
-  evaluator = train_lib.Evaluator(
+  evaluator = Evaluator(
       SimCLRTask(config, 10, strategy), str(tmp_path),
-      lambda: train_lib.distributed_dataset(config, source, strategy, is_training=False),
+      lambda: distributed_dataset(config, source, strategy, is_training=False),
       eval_steps=3, export=False, progress_bar=True)
   result = evaluator.evaluate(os.path.join(finetune_run[0], 'ckpt-3'))
   lines = capsys.readouterr().out.splitlines()  # not a terminal: one plain line per update
@@ -271,7 +266,7 @@ def test_restore_from_checkpoint_zeroes_head_only_with_flag(pretrain_run, tmp_pa
                   zero_init_logits_layer=zero_init, model_dir=str(tmp_path))
   task = SimCLRTask(config, num_classes=10)
   task.build_optimizer(NUM_TRAIN)
-  assert train_lib.Trainer(task, str(tmp_path)).restore() == os.path.join(pretrain_dir, 'ckpt-3')
+  assert Trainer(task, str(tmp_path)).restore() == os.path.join(pretrain_dir, 'ckpt-3')
   file = tf.train.load_checkpoint(os.path.join(pretrain_dir, 'ckpt-3'))
   model = {key: variable.numpy() for key, variable in object_keys(model=task.model).items()}
   assert np.abs(file.get_tensor(HEAD_KERNEL)).max() > 1e-3  # the file's head is not zero
@@ -445,10 +440,8 @@ def test_wrong_architecture_checkpoint_is_a_one_line_error(pretrain_run, tmp_pat
 # --- 6. bad flag values ------------------------------------------------------------------------
 
 def test_unknown_enum_value_fails_at_parse_time():
-  FLAGS.unparse_flags()
-  with pytest.raises(flags.IllegalFlagValueError, match='train_mode'):
-    FLAGS(['run', '--train_mode=foo'])
-  FLAGS.unparse_flags()
+  code, _, err = run_main(['--train_mode=foo'])
+  assert code == 1 and 'train_mode' in error_line(err)
 
 
 def test_unknown_enum_value_on_the_real_command_line(tmp_path):

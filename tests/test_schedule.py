@@ -11,8 +11,8 @@ import pytest
 import tensorflow as tf
 
 from simclr_tf2.config import Config
-from simclr_tf2.lars import build_optimizer
-from simclr_tf2.schedule import WarmUpAndCosineDecay
+from simclr_tf2.training.lars import build_optimizer
+from simclr_tf2.training.schedule import WarmUpAndCosineDecay
 
 SETTINGS = ['cifar10_readme_pretrain', 'imagenet_readme_pretrain', 'cifar10_finetune_nowarmup',
             'short_train_steps_long_warmup']

@@ -10,13 +10,14 @@ import os
 import pytest
 import tensorflow as tf
 
-from simclr_tf2 import train
+from simclr_tf2.distribute import build_strategy, slurm_cluster_resolver, strategy_kind
+from simclr_tf2.errors import TrainingError
 from simclr_tf2.config import Config
 
 
 def test_unreachable_tpu_is_a_one_line_error():
-  with pytest.raises(train.TrainingError) as error:
-    train.build_strategy(Config(use_tpu=True, tpu_name='no-such-tpu-here'))
+  with pytest.raises(TrainingError) as error:
+    build_strategy(Config(use_tpu=True, tpu_name='no-such-tpu-here'))
   message = str(error.value)
   assert '--use_tpu=false' in message and '\n' not in message
 
@@ -30,15 +31,15 @@ def test_unreachable_tpu_is_a_one_line_error():
     (None, 'mirrored')])
 def test_tf_config_with_several_workers_selects_multi_worker(tf_config, expected):
   tf_config = None if tf_config is None else json.dumps(tf_config)
-  assert train.strategy_kind(Config(use_tpu=False), tf_config) == expected
-  assert train.strategy_kind(Config(use_tpu=True), tf_config) == 'tpu'
+  assert strategy_kind(Config(use_tpu=False), tf_config) == expected
+  assert strategy_kind(Config(use_tpu=True), tf_config) == 'tpu'
 
 
 def test_strategy_is_reused_within_a_process():
   """Two runs in one process must not build two Mirrored strategies (collective key clash)."""
-  first = train.build_strategy(Config(use_tpu=False))
+  first = build_strategy(Config(use_tpu=False))
   assert isinstance(first, tf.distribute.MirroredStrategy)
-  assert train.build_strategy(Config(use_tpu=False)) is first
+  assert build_strategy(Config(use_tpu=False)) is first
 
 
 SLURM_STEP = {'SLURM_JOB_ID': '7', 'SLURM_PROCID': '1', 'SLURM_STEP_NUM_TASKS': '2',
@@ -57,8 +58,8 @@ SLURM_STEP = {'SLURM_JOB_ID': '7', 'SLURM_PROCID': '1', 'SLURM_STEP_NUM_TASKS': 
     (None, {}, 'mirrored')])
 def test_a_slurm_step_of_several_tasks_selects_slurm(tf_config, environ, expected):
   tf_config = None if tf_config is None else json.dumps(tf_config)
-  assert train.strategy_kind(Config(use_tpu=False), tf_config, environ) == expected
-  assert train.strategy_kind(Config(use_tpu=True), tf_config, environ) == 'tpu'
+  assert strategy_kind(Config(use_tpu=False), tf_config, environ) == expected
+  assert strategy_kind(Config(use_tpu=True), tf_config, environ) == 'tpu'
 
 
 @pytest.mark.parametrize('nodes,tasks_per_node,visible_gpus,expected_workers,own_gpus', [
@@ -72,7 +73,7 @@ def test_slurm_cluster_resolver_makes_one_worker_per_task(monkeypatch, nodes, ta
                       'SLURM_STEP_TASKS_PER_NODE': tasks_per_node,
                       'CUDA_VISIBLE_DEVICES': visible_gpus}.items():
     monkeypatch.setenv(name, value)
-  resolver = train.slurm_cluster_resolver()
+  resolver = slurm_cluster_resolver()
   assert resolver.cluster_spec().as_dict() == {'worker': expected_workers}
   assert (resolver.task_type, resolver.task_id) == ('worker', 1)
   assert os.environ['CUDA_VISIBLE_DEVICES'] == own_gpus

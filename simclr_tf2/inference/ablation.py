@@ -12,8 +12,9 @@ from typing import Dict, List, NamedTuple, Optional
 
 import numpy as np
 
-from simclr_tf2 import probes
-from simclr_tf2.embed import compute_embeddings, eval_images, load_thumbnails, write_plots
+from simclr_tf2.inference import probes
+from simclr_tf2.inference.embeddings import (compute_embeddings, eval_images, load_thumbnails,
+                                             write_plots)
 
 RAW_PIXELS = 'raw pixels'
 RANDOM_INIT = 'random-init encoder'
@@ -41,7 +42,7 @@ def random_init_encoder(config, source, split: str, batch_size: int = 256,
   """
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
   import tf_keras as keras  # pylint: disable=import-outside-toplevel
-  from simclr_tf2.model import build_model  # pylint: disable=import-outside-toplevel
+  from simclr_tf2.network.model import build_model  # pylint: disable=import-outside-toplevel
   strategy = strategy or tf.distribute.get_strategy()
   config = config.replace(train_mode='pretrain', lineareval_while_pretraining=False,
                           fine_tune_after_block=-1)
@@ -109,7 +110,7 @@ def _slug(row):
 
 
 def _can_plot():
-  from simclr_tf2 import plots as plots_lib  # pylint: disable=import-outside-toplevel
+  from simclr_tf2.inference import plots as plots_lib  # pylint: disable=import-outside-toplevel
   try:
     plots_lib.require_matplotlib()
   except ImportError as error:

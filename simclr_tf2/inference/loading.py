@@ -1,6 +1,6 @@
 """Load a trained SimCLR model for inference from whatever a user has at hand.
 
-    from simclr_tf2.loading import load_model
+    from simclr_tf2.inference.loading import load_model
     loaded = load_model('/tmp/run')                   # a run's model_dir: latest checkpoint + config
     loaded = load_model('r50_1x_sk1/model.ckpt-250228')  # a checkpoint; architecture detected
     loaded = load_model('/tmp/run/saved_model/1000')  # an exported SavedModel
@@ -18,12 +18,12 @@ from typing import Dict, Iterable, NamedTuple, Optional, Tuple
 
 import tensorflow as tf
 
-from checkpoints_conversion.detect import detect_architecture
+from simclr_tf2.network.detect import detect_architecture
 from simclr_tf2.architecture import DETECTED_FLAGS
-from simclr_tf2.checkpoint import CheckpointError, read_shapes, resolve_checkpoint
-from simclr_tf2.checkpoint import restore_for_evaluation, restore_initial_weights
+from simclr_tf2.network.checkpoint import CheckpointError, read_shapes, resolve_checkpoint
+from simclr_tf2.network.checkpoint import restore_for_evaluation, restore_initial_weights
 from simclr_tf2.config import Config
-from simclr_tf2.model import build_model
+from simclr_tf2.network.model import build_model
 
 RUN_CONFIG_FILE = 'config.json'  # written by train.py into every model_dir
 SAVED_MODEL_FILE = 'saved_model.pb'
@@ -55,7 +55,7 @@ def config_for_checkpoint(shapes: Dict, base: Config, given: Iterable[str]
     settings['train_mode'] = 'pretrain'
   if 'lineareval_while_pretraining' not in given:
     settings['lineareval_while_pretraining'] = detected['num_classes'] is not None
-  return base.replace(**settings).validate(), detected['num_classes']
+  return base.replace(**settings), detected['num_classes']
 
 
 def load_model(source: str, *, config: Optional[Config] = None, strategy=None,
@@ -123,7 +123,7 @@ class SavedModelEncoder:
 
 def _load_saved_model(path, config, overrides) -> LoadedModel:
   # Imported here: only this form needs the SavedModel machinery.
-  from simclr_tf2.export import load_saved_model, loaded_model_variables  # pylint: disable=import-outside-toplevel
+  from simclr_tf2.network.export import load_saved_model, loaded_model_variables  # pylint: disable=import-outside-toplevel
   loaded = load_saved_model(path)
   shapes = {key: list(value.shape) for key, value in loaded_model_variables(loaded).items()}
   base, given = _base_and_given(config, overrides)

@@ -32,7 +32,7 @@ def project_2d(features: np.ndarray, method: str = 'tsne', seed: int = 0) -> np.
   perplexity min(30, (N - 1) / 3))."""
   from sklearn.decomposition import PCA  # pylint: disable=import-outside-toplevel
   from sklearn.manifold import TSNE  # pylint: disable=import-outside-toplevel
-  from simclr_tf2.probes import single_threaded_numerics  # pylint: disable=import-outside-toplevel
+  from simclr_tf2.inference.probes import single_threaded_numerics  # pylint: disable=import-outside-toplevel
   features = np.asarray(features, np.float64)
   count = len(features)
   if count < 3:

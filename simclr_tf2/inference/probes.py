@@ -1,6 +1,6 @@
-"""Scores of frozen features: weighted kNN and a linear probe, and a kNN monitor for training.
+"""Scores of frozen features: weighted kNN and a linear probe.
 
-    from simclr_tf2.probes import knn_accuracy, linear_probe
+    from simclr_tf2.inference.probes import knn_accuracy, linear_probe
     knn_accuracy(train_x, train_y, test_x, test_y)           # k=200, temperature=0.1
     linear_probe(train_x, train_y, test_x, test_y)['top_1_accuracy']
 
@@ -11,13 +11,12 @@ class with weight exp(s / temperature).
 """
 
 import json
-import logging
 import os
 from typing import Dict, Optional, Sequence
 
 import numpy as np
 
-from simclr_tf2.callbacks import Callback
+from simclr_tf2.summaries import write_scalars
 
 KNN_K = 200
 KNN_TEMPERATURE = 0.1
@@ -130,68 +129,5 @@ def write_scores(output_dir: str, scores: Dict[str, float], step: int = 0) -> st
   path = os.path.join(output_dir, SCORES_FILE)
   with tf.io.gfile.GFile(path, 'w') as f:
     json.dump(scores, f, indent=2, sort_keys=True)
-  writer = tf.summary.create_file_writer(output_dir)
-  with writer.as_default():
-    for tag, value in scores.items():
-      tf.summary.scalar(tag, value, step=step)
-  writer.flush()
+  write_scalars(tf.summary.create_file_writer(output_dir), scores, step)
   return path
-
-
-class KnnMonitor(Callback):
-  """Trainer callback: every `every_n_steps` training steps, the kNN top-1 accuracy of the
-  encoder (`endpoint` of the training model, inference mode) on a labeled eval split, with the
-  train split as memory bank, written as the TensorBoard scalar `knn/top_1_accuracy`.
-
-  Runs at the end of the first training block that reaches each multiple of `every_n_steps`,
-  so it follows steps_per_loop granularity. The value is also added to that block's `logs`.
-  """
-
-  def __init__(self, every_n_steps: int, source, train_split: str, eval_split: str,
-               batch_size: int = 256, k: int = KNN_K, temperature: float = KNN_TEMPERATURE,
-               max_train_examples: Optional[int] = None,
-               max_eval_examples: Optional[int] = None, endpoint: str = 'final_avg_pool'):
-    if every_n_steps < 1:
-      raise ValueError(f'KnnMonitor: every_n_steps={every_n_steps} must be >= 1')
-    if not getattr(source, 'labeled', True):
-      raise ValueError('--knn_monitor_steps needs a labeled dataset; image_folder_unlabeled has '
-                       'no labels')
-    self.every_n_steps = every_n_steps
-    self.source = source
-    self.train_split, self.eval_split = train_split, eval_split
-    self.batch_size, self.k, self.temperature = batch_size, k, temperature
-    self.max_train_examples, self.max_eval_examples = max_train_examples, max_eval_examples
-    self.endpoint = endpoint
-    self.history = []  # (step, accuracy)
-    self._done = 0  # number of multiples of every_n_steps already monitored
-
-  @classmethod
-  def from_config(cls, config, source) -> 'KnnMonitor':
-    """The monitor of `--knn_monitor_steps`: train split as memory bank, eval split scored."""
-    return cls(config.knn_monitor_steps, source, config.train_split, config.eval_split,
-               batch_size=config.eval_batch_size)
-
-  def accuracy(self, model, strategy=None) -> float:
-    # embed imports this module, hence the late import.
-    from simclr_tf2.embed import compute_embeddings  # pylint: disable=import-outside-toplevel
-    bank = compute_embeddings(model, self.source, self.train_split, self.endpoint,
-                              self.batch_size, self.max_train_examples, strategy)
-    queries = compute_embeddings(model, self.source, self.eval_split, self.endpoint,
-                                 self.batch_size, self.max_eval_examples, strategy)
-    return knn_accuracy(bank[0], bank[1], queries[0], queries[1], self.k, self.temperature)
-
-  def on_block_end(self, trainer, step, logs):
-    if step // self.every_n_steps <= self._done:
-      return
-    self._done = step // self.every_n_steps
-    accuracy = self.accuracy(trainer.task.model, trainer.task.strategy)
-    import tensorflow as tf  # pylint: disable=import-outside-toplevel
-    with trainer.summary_writer.as_default():
-      tf.summary.scalar(KNN_SCALAR, accuracy, step=step)
-    trainer.summary_writer.flush()
-    self.history.append((step, accuracy))
-    if logs is not None:
-      logs[KNN_SCALAR] = accuracy
-    logging.info('step %d: kNN top-1 accuracy %.4f (%s -> %s)', step, accuracy,
-                 self.train_split, self.eval_split)
-

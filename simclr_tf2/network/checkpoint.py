@@ -16,12 +16,11 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 import tensorflow as tf
 
-from simclr_tf2.architecture import MODEL_PREFIX, SLOT_MARKER, VALUE_SUFFIX
+from simclr_tf2.architecture import DETECTED_FLAGS, MODEL_PREFIX, SLOT_MARKER, VALUE_SUFFIX
 from simclr_tf2.errors import CheckpointError, TrainingError, one_line
+from simclr_tf2.model_dir import numbered_checkpoints
 
 SUPERVISED_HEAD_KEY = 'model/supervised_head/'
-ARCHITECTURE_FLAGS = ('resnet_depth', 'width_multiplier', 'sk_ratio', 'se_ratio', 'image_size',
-                      'proj_head_mode', 'num_proj_layers', 'proj_out_dim')
 
 
 # A truncated data file surfaces as IndexError ("Read less bytes than requested") from TF's reader.
@@ -57,12 +56,13 @@ def resolve_checkpoint(path: str) -> str:
 
 
 def _newest_prefix_in(directory):
-  """Highest-numbered `*-<N>.index` in a directory without a `checkpoint` state file."""
-  numbered = []
-  for index_file in tf.io.gfile.glob(os.path.join(directory, '*.index')):
-    match = re.search(r'-(\d+)\.index$', index_file)
-    numbered.append((int(match.group(1)) if match else -1, index_file[:-len('.index')]))
-  return max(numbered)[1] if numbered else None
+  """Highest-numbered `*-<N>` checkpoint in a directory without a `checkpoint` state file, else
+  an unnumbered one."""
+  numbered = numbered_checkpoints(directory)
+  if numbered:
+    return numbered[-1][1]
+  unnumbered = tf.io.gfile.glob(os.path.join(directory, '*.index'))
+  return max(unnumbered)[:-len('.index')] if unnumbered else None
 
 
 def read_shapes(prefix: str) -> Dict[str, List[int]]:
@@ -151,7 +151,7 @@ def _supervised_head_shapes(shapes):
 def _mismatch_error(prefix, mismatch):
   return CheckpointError(
       f'checkpoint {prefix} does not match the model: {mismatch.describe()}. Architecture flags '
-      f'({", ".join(ARCHITECTURE_FLAGS)}) must be those the checkpoint was trained with')
+      f'({", ".join(DETECTED_FLAGS)}) must be those the checkpoint was trained with')
 
 
 def _head_summary(head_shapes):

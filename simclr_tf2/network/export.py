@@ -19,14 +19,14 @@ import numpy as np
 import tensorflow as tf
 
 from simclr_tf2.architecture import VALUE_SUFFIX
-from simclr_tf2.checkpoint import object_keys
+from simclr_tf2.network.checkpoint import object_keys
 from simclr_tf2.errors import CheckpointError, one_line
+from simclr_tf2.model_dir import SAVED_MODEL_SUBDIR
 
 # Named like __call__'s argument: SavedModel export asks for the concrete functions again by
 # their structured signature (which carries the argument name); an unnamed spec would retrace.
 IMAGES_SPEC = tf.TensorSpec([None, None, None, 3], tf.float32, name='inputs')
 SERVING_INPUT_NAME = 'images'
-SAVED_MODEL_SUBDIR = 'saved_model'
 
 # Children every restored Keras object gets from SavedModel serialisation. They alias the real
 # variables under shorter paths (`variables/17`), so walking them would produce non-training keys.

@@ -7,7 +7,7 @@ Kn: defect numbers of the official code, listed in docs/differences.md.
 import tensorflow as tf
 import tf_keras as keras
 
-from simclr_tf2.resnet import BatchNormRelu, NormSettings, frozen_training
+from simclr_tf2.network.resnet import BatchNormRelu, NormSettings, frozen_training
 
 HEAD_INITIALIZER_STDDEV = 0.01
 

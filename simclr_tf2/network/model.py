@@ -4,7 +4,7 @@ Kn: defect numbers of the official code, listed in docs/differences.md.
 
 Python API (no absl needed)::
 
-    from simclr_tf2.model import build_model
+    from simclr_tf2.network.model import build_model
     model = build_model(num_classes=10, resnet_depth=18, image_size=32)   # flag names
     projection, logits = model(images, training=False)
     endpoints = model.call_with_endpoints(images)    # the 10 SavedModel outputs, by name
@@ -16,10 +16,10 @@ from typing import Dict, Optional
 import tensorflow as tf
 import tf_keras as keras
 
-from simclr_tf2.blur import random_blur
+from simclr_tf2.network.blur import random_blur
 from simclr_tf2.config import Config
-from simclr_tf2.heads import ProjectionHead, SupervisedHead
-from simclr_tf2.resnet import NormSettings, Resnet
+from simclr_tf2.network.heads import ProjectionHead, SupervisedHead
+from simclr_tf2.network.resnet import NormSettings, Resnet
 
 ENDPOINT_NAMES = ('initial_conv', 'initial_max_pool', 'block_group1', 'block_group2',
                   'block_group3', 'block_group4', 'final_avg_pool', 'logits_sup',
@@ -134,7 +134,6 @@ def build_model(num_classes: Optional[int] = None, config: Optional[Config] = No
   config = config or Config()
   if flag_values:
     config = config.replace(**flag_values)
-  config.validate()
   with compute_precision(config.precision):
     return SimCLRModel(num_classes, config)
 

@@ -14,6 +14,7 @@ import time
 
 from simclr_tf2 import console
 from simclr_tf2.errors import TrainingError
+from simclr_tf2.summaries import write_scalars
 
 
 class Callback:
@@ -71,11 +72,7 @@ class ScalarSummaries(Callback):
   """Writes the block's metrics and learning rate as TensorBoard scalars at the global step."""
 
   def on_block_end(self, trainer, step, logs):
-    import tensorflow as tf  # pylint: disable=import-outside-toplevel
-    with trainer.summary_writer.as_default():
-      for tag, value in logs.items():
-        tf.summary.scalar(tag, value, step=step)
-    trainer.summary_writer.flush()
+    write_scalars(trainer.summary_writer, logs, step)
 
 
 class ProgressLogger(Callback):

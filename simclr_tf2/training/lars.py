@@ -12,7 +12,7 @@ import re
 import tensorflow as tf
 import tf_keras as keras
 
-from simclr_tf2.objective import BATCH_NORM_NAME, BIAS_NAME, SUPERVISED_HEAD_NAME
+from simclr_tf2.training.objective import BATCH_NORM_NAME, BIAS_NAME, SUPERVISED_HEAD_NAME
 
 # Same name rules as objective.weight_decay_variables, which decays what LARS skips (K18, K19).
 EXCLUDE_FROM_WEIGHT_DECAY = (BATCH_NORM_NAME, BIAS_NAME, SUPERVISED_HEAD_NAME)

@@ -10,7 +10,7 @@ metrics are sync-on-read, so `result()` aggregates over replicas.
 import tensorflow as tf
 import tf_keras as keras
 
-from simclr_tf2.callbacks import SKIPPED_STEPS_TAG
+from simclr_tf2.training.callbacks import SKIPPED_STEPS_TAG
 
 ENTROPY_EPSILON = 1e-8
 

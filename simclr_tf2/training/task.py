@@ -19,11 +19,11 @@ import tf_keras as keras
 
 from simclr_tf2.config import Config
 from simclr_tf2.errors import ConfigError
-from simclr_tf2.lars import build_optimizer
-from simclr_tf2.metrics import EvalMetrics, TrainMetrics
-from simclr_tf2.model import SimCLRModel, build_model
-from simclr_tf2.objective import contrastive_loss, supervised_loss, weight_decay_loss
-from simclr_tf2.schedule import WarmUpAndCosineDecay
+from simclr_tf2.training.lars import build_optimizer
+from simclr_tf2.training.metrics import EvalMetrics, TrainMetrics
+from simclr_tf2.network.model import SimCLRModel, build_model
+from simclr_tf2.training.objective import contrastive_loss, supervised_loss, weight_decay_loss
+from simclr_tf2.training.schedule import WarmUpAndCosineDecay
 
 
 class SimCLRTask:
@@ -35,7 +35,7 @@ class SimCLRTask:
 
   def __init__(self, config: Config, num_classes: Optional[int],
                strategy: Optional[tf.distribute.Strategy] = None):
-    self.config = config.validate()
+    self.config = config
     self.strategy = strategy or tf.distribute.get_strategy()
     if config.jit_compile and config.global_bn and _is_distributed(self.strategy):
       # The synchronised batch norm all-reduces inside the replica step, which a nested
