@@ -2,6 +2,7 @@
 
 import os
 import pathlib
+import sys
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 os.environ.setdefault('TF_USE_LEGACY_KERAS', '1')
@@ -14,6 +15,9 @@ import tensorflow as tf  # noqa: E402
 _cpus = tf.config.list_physical_devices('CPU')
 tf.config.set_logical_device_configuration(
     _cpus[0], [tf.config.LogicalDeviceConfiguration()] * 2)
+
+# Test helpers (golden_data.py, ...) importable from tests/unit and tests/e2e alike.
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
 # Reference data of the official implementation (see its README.md).
 GOLDEN_DIR = pathlib.Path(__file__).resolve().parent / 'data' / 'golden'
