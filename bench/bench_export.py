@@ -1,4 +1,4 @@
-"""Time of the SavedModel export (simclr_tf2.export) and of its conversion to PyTorch.
+"""Time of the SavedModel export (simclr_tf2.network.export) and of its conversion to PyTorch.
 
     python bench/bench_export.py [--repeats=3] [--baseline_export=OLD/simclr_tf2/export.py]
         [--mirrored] [--no_conversion]

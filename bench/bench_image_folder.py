@@ -6,7 +6,7 @@
 Makes `num_images` random 32x32 images (half PNG, half JPEG, 10 class folders) under `--folder`
 once (timed; a later run with the same folder and count reuses them), then `repeats` times, each
 with a fresh source: seconds from constructing the source to the first training batch (the
-pretraining pipeline of `simclr_tf2.train.distributed_dataset`: shuffle, decode, two augmented
+pretraining pipeline of `simclr_tf2.data.distributed_dataset`: shuffle, decode, two augmented
 views), training-pipeline images/s over `batches` batches, and the source's own read+decode
 images/s (over 20,000 images). Prints each repeat, the medians and the machine. Nothing is asserted.
 """

@@ -165,7 +165,7 @@ class _ModelWithoutSupervisedHead(tf.Module):
   def __init__(self, model):
     super().__init__()
     self.resnet_model = model.resnet_model
-    self._projection_head = model._projection_head  # pylint: disable=protected-access
+    self._projection_head = model.projection_head
 
 
 def restore_initial_weights(model, path: str, allow_non_finite: bool = False

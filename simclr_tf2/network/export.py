@@ -19,6 +19,7 @@ import numpy as np
 import tensorflow as tf
 
 from simclr_tf2.architecture import VALUE_SUFFIX
+from simclr_tf2.compat import capture_named, is_keras_tracking_attribute
 from simclr_tf2.network.checkpoint import object_keys
 from simclr_tf2.errors import CheckpointError, one_line
 from simclr_tf2.model_dir import SAVED_MODEL_SUBDIR
@@ -101,7 +102,7 @@ class _ExportModule(tf.Module):
     # call reuses these captures and the signature's arguments keep their names.
     graph = tf.compat.v1.get_default_graph()
     for index, handle in enumerate(inference.captured_inputs):
-      graph.capture(handle, name=f'variable_{index}')
+      capture_named(graph, handle, f'variable_{index}')
     return inference(images)
 
 
@@ -196,7 +197,7 @@ def loaded_model_variables(loaded) -> Dict[str, np.ndarray]:
   breadth-first (shortest path per variable, as tf.train.Checkpoint does).
   """
   def generic(name, child):
-    return name in _GENERIC_CHILDREN or name.startswith('_self_') or _is_function(child)
+    return name in _GENERIC_CHILDREN or is_keras_tracking_attribute(name) or _is_function(child)
 
   return {key: variable.numpy()
           for key, variable in object_keys(skip_child=generic, model=loaded.model).items()}

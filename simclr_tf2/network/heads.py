@@ -7,6 +7,7 @@ Kn: defect numbers of the official code, listed in docs/differences.md.
 import tensorflow as tf
 import tf_keras as keras
 
+from simclr_tf2.compat import set_layer_name
 from simclr_tf2.network.resnet import BatchNormRelu, NormSettings, frozen_training
 
 HEAD_INITIALIZER_STDDEV = 0.01
@@ -25,7 +26,7 @@ class LinearLayer(keras.layers.Layer):
     self.num_classes = num_classes  # an int, or a callable of the input shape
     self.use_bias = use_bias
     self.use_bn = use_bn
-    self._name = name
+    set_layer_name(self, name)
     if use_bn:
       self.bn_relu = BatchNormRelu(norm, relu=False, center=use_bias)
 

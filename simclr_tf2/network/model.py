@@ -68,6 +68,11 @@ class SimCLRModel(keras.Model):
   def has_supervised_head(self) -> bool:
     return hasattr(self, 'supervised_head')
 
+  @property
+  def projection_head(self) -> ProjectionHead:
+    """The projection head (the reference's attribute `_projection_head`, a checkpoint key)."""
+    return self._projection_head
+
   def __call__(self, inputs, training, endpoints: Optional[Dict] = None, blur: bool = True,
                blur_seed=None):
     return self.call(inputs, training=training, endpoints=endpoints, blur=blur,

@@ -10,6 +10,7 @@ metrics are sync-on-read, so `result()` aggregates over replicas.
 import tensorflow as tf
 import tf_keras as keras
 
+from simclr_tf2.compat import mean_count
 from simclr_tf2.training.callbacks import SKIPPED_STEPS_TAG
 
 ENTROPY_EPSILON = 1e-8
@@ -104,7 +105,7 @@ class TrainMetrics(_MetricCollection):
   def results(self):
     """As _MetricCollection.results; a block whose every update was skipped has no means."""
     results = super().results()
-    if self.skipped_steps is not None and float(self.total_loss.count.numpy()) == 0:
+    if self.skipped_steps is not None and mean_count(self.total_loss) == 0:
       return {self.skipped_steps.name: results[self.skipped_steps.name]}
     return results
 

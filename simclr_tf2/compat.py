@@ -1,0 +1,33 @@
+"""The few places where this package relies on TensorFlow / Keras internals, in one module.
+
+Each one is needed for fidelity or a quiet console, and none has a public equivalent in
+TensorFlow 2.21 / tf_keras 2.21. tests/unit/test_compat.py exercises every function here, so an
+upgrade that changes one fails loudly there, not silently in a checkpoint or an export.
+
+TensorFlow-free at import time.
+"""
+
+
+def set_layer_name(layer, name: str) -> None:
+  """Gives a Keras layer exactly `name`. The constructor's `name=` is made unique per model
+  (`linear_layer_1`, ...), but the reference's heads reuse one name in several places and the
+  LARS / weight-decay rules match on it, so the name is set after construction."""
+  layer._name = name  # pylint: disable=protected-access
+
+
+def is_keras_tracking_attribute(attribute: str) -> bool:
+  """Whether an attribute of a loaded (restored) Keras object is one of Keras' bookkeeping
+  children (`_self_...`), not a layer or variable of the model."""
+  return attribute.startswith('_self_')
+
+
+def capture_named(graph, tensor, name: str):
+  """Captures `tensor` into a FuncGraph under `name`. Without a name, TensorFlow names a capture
+  by an integer, which a SavedModel signature cannot use as an argument name (it renames them
+  and logs every one of them at save time)."""
+  return graph.capture(tensor, name=name)
+
+
+def mean_count(metric) -> float:
+  """How many values a Keras `Mean` metric has averaged (its `count` state variable)."""
+  return float(metric.count.numpy())
