@@ -13,7 +13,7 @@ from tensorboard.plugins.projector import projector_config_pb2
 
 from golden_data import golden_model_tree, plausible_value, read_keys
 from simclr_tf2 import embed
-from simclr_tf2.inference import embeddings
+from simclr_tf2.inference import embeddings as embeddings_lib
 from simclr_tf2.network.checkpoint import CheckpointError, object_keys
 from simclr_tf2.config import Config
 from simclr_tf2.data import get_source
@@ -51,7 +51,7 @@ def digits_batch(size, count=COUNT):
 def assert_embeds_like(model, loaded, endpoint='final_avg_pool', strategy=None):
   images, labels = digits_batch(loaded.config.image_size)
   expected = model.call_with_endpoints(tf.constant(images))[endpoint].numpy()
-  result = embeddings.compute_embeddings(loaded, get_source('digits', image_size=loaded.config.image_size),
+  result = embeddings_lib.compute_embeddings(loaded, get_source('digits', image_size=loaded.config.image_size),
                                     'test', endpoint, batch_size=8, max_examples=COUNT,
                                     strategy=strategy)
   assert result.embeddings.dtype == np.float32 and result.embeddings.shape == expected.shape
@@ -116,11 +116,11 @@ def test_load_errors_are_one_line(trained, tmp_path):
 
 def test_sprite_thumbnail_size_respects_projector_limit():
   # ceil(sqrt(N)) thumbnails per row must fit in 8192 pixels; 64 px at most.
-  assert embeddings.sprite_thumbnail_size(100) == 64  # 10 per row
-  assert embeddings.sprite_thumbnail_size(20000) == 57  # 142 per row: 8192 // 142
-  assert embeddings.sprite_thumbnail_size(10 ** 6) == 8  # 1000 per row
-  assert embeddings.sprite_thumbnail_size(8192 ** 2 + 1) == 0  # cannot fit: no sprite
-  sprite = embeddings.sprite_image(np.zeros([5, 4, 4, 3], np.uint8))  # 3 columns, 2 rows
+  assert embeddings_lib.sprite_thumbnail_size(100) == 64  # 10 per row
+  assert embeddings_lib.sprite_thumbnail_size(20000) == 57  # 142 per row: 8192 // 142
+  assert embeddings_lib.sprite_thumbnail_size(10 ** 6) == 8  # 1000 per row
+  assert embeddings_lib.sprite_thumbnail_size(8192 ** 2 + 1) == 0  # cannot fit: no sprite
+  sprite = embeddings_lib.sprite_image(np.zeros([5, 4, 4, 3], np.uint8))  # 3 columns, 2 rows
   assert sprite.shape == (8, 12, 3)
   assert np.all(sprite[4:, 8:] == 255) and np.all(sprite[4:, :8] == 0)  # 6th cell stays blank
 
@@ -150,7 +150,7 @@ def test_unlabeled_image_folder_end_to_end(trained, tmp_path, capsys):
                              projector_config_pb2.ProjectorConfig())
   (entry,) = config.embeddings
   assert entry.metadata_path == 'metadata.tsv' and entry.sprite.image_path == 'sprite.png'
-  thumbnail = embeddings.sprite_thumbnail_size(6)
+  thumbnail = embeddings_lib.sprite_thumbnail_size(6)
   assert list(entry.sprite.single_image_dim) == [thumbnail, thumbnail] == [64, 64]
   with Image.open(out / 'sprite.png') as sprite:
     assert sprite.size == (3 * 64, 2 * 64)  # 3 columns (ceil sqrt 6), 2 rows

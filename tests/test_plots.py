@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from simclr_tf2 import embed
-from simclr_tf2.inference import embeddings
+from simclr_tf2.inference import embeddings as embeddings_lib
 from simclr_tf2.inference import plots
 
 TAB_BLUE, TAB_ORANGE = (31, 119, 180), (255, 127, 14)  # matplotlib's tab10 colours 0 and 1
@@ -69,7 +69,7 @@ def test_write_plots_files(tmp_path):
   rng = np.random.default_rng(1)
   features = rng.standard_normal((12, 6))
   thumbnails = rng.integers(0, 256, (12, 8, 8, 3), dtype=np.uint8)
-  paths = embeddings.write_plots(str(tmp_path), features, ['pca', 'map'], thumbnails=thumbnails)
+  paths = embeddings_lib.write_plots(str(tmp_path), features, ['pca', 'map'], thumbnails=thumbnails)
   assert [p.rsplit('/', 1)[1] for p in paths] == ['pca.png', 'thumbnail_map.png']
   assert pixels(paths[0]).shape == (800, 800, 3)
   assert pixels(paths[1]).shape == (plots.MAP_PIXELS, plots.MAP_PIXELS, 3)
