@@ -26,7 +26,7 @@ import shutil
 import sys
 import threading
 import time
-from typing import Dict, Iterable, Mapping, Optional, Sequence, TextIO, Union
+from typing import Iterable, Mapping, Optional, Sequence, TextIO, Union
 
 LOG_FILE_NAME = 'log.txt'
 # Records of these loggers reach the console in quiet mode from WARNING on ('root' is where

@@ -49,6 +49,7 @@ class _MovedModuleFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
 
 
 def install() -> None:
-  """Puts the finder on sys.meta_path once (called by `import simclr_tf2`)."""
+  """Puts the finder first on sys.meta_path, once (called by `import simclr_tf2`): it answers
+  only for the names of MOVED, which must not be found as files of an older install."""
   if not any(isinstance(finder, _MovedModuleFinder) for finder in sys.meta_path):
-    sys.meta_path.append(_MovedModuleFinder())
+    sys.meta_path.insert(0, _MovedModuleFinder())

@@ -19,8 +19,8 @@ tf.config.set_logical_device_configuration(
 # Test helpers (golden_data.py, ...) importable from tests/unit and tests/e2e alike.
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
-# Reference data of the official implementation (see its README.md).
-GOLDEN_DIR = pathlib.Path(__file__).resolve().parent / 'data' / 'golden'
+from golden_data import GOLDEN_DIR  # noqa: E402
+
 TWO_CPUS = ['/cpu:0', '/cpu:1']
 
 

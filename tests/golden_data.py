@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import GOLDEN_DIR
+# Reference data of the official implementation (see its README.md).
+GOLDEN_DIR = pathlib.Path(__file__).resolve().parent / 'data' / 'golden'
 
 # Flags of each golden configuration (tests/data/golden/README.md); 10 classes everywhere.
 GOLDEN_CONFIGS = {

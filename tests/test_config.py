@@ -11,7 +11,7 @@ import re
 
 import pytest
 
-from conftest import GOLDEN_DIR
+from golden_data import GOLDEN_DIR
 from simclr_tf2.flags import markdown_table
 from simclr_tf2.config import Config
 

@@ -19,7 +19,7 @@ from checkpoints_conversion.torch_resnet import SimCLRTorch  # noqa: E402
 from golden_data import GOLDEN_CONFIGS, NUM_CLASSES, REFERENCE_PARITY, cases  # noqa: E402
 from simclr_tf2.network.export import loaded_model_variables  # noqa: E402
 from simclr_tf2.network.model import build_model  # noqa: E402
-from test_export import (EXPORTED_CASES, TF_TOLERANCE, assert_endpoints_close,  # noqa: E402
+from export_cases import (EXPORTED_CASES, TF_TOLERANCE, assert_endpoints_close,  # noqa: E402
                          build_case, exported_case, images, loaded_case, randomize_batch_norm)
 
 TORCH_TOLERANCE = 1e-4  # relative to each endpoint's largest magnitude

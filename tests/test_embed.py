@@ -19,7 +19,7 @@ from simclr_tf2.config import Config
 from simclr_tf2.data import get_source
 from simclr_tf2.inference.loading import load_model
 from simclr_tf2.network.model import build_model
-from test_export import randomize_batch_norm
+from export_cases import randomize_batch_norm
 
 SIZE = 16
 COUNT = 20  # digits test images embedded per test (batches of 8: the last one is partial)

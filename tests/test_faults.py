@@ -25,7 +25,7 @@ from simclr_tf2 import model_dir as md
 from simclr_tf2.data import distributed_dataset
 from simclr_tf2.training.evaluator import Evaluator
 from simclr_tf2.training.runner import run
-from simclr_tf2.training.trainer import Trainer, default_callbacks
+from simclr_tf2.training.trainer import Trainer
 from simclr_tf2.training.callbacks import CheckpointSaver
 from simclr_tf2.config import Config
 from simclr_tf2.data import get_source

@@ -14,6 +14,7 @@ from simclr_tf2.config import Config
 from simclr_tf2.data import get_source
 from simclr_tf2.inference.embeddings import eval_images
 from simclr_tf2.network.model import build_model
+from simclr_tf2.training.knn_monitor import KnnMonitor
 
 NUM_CLASSES = 4
 TEST_COUNT = 400
@@ -112,7 +113,7 @@ def test_knn_monitor_every_n_steps(tmp_path):
   writer = tf.summary.create_file_writer(str(tmp_path))
   trainer = types.SimpleNamespace(task=types.SimpleNamespace(model=model, strategy=None),
                                   summary_writer=writer)
-  monitor = probes.KnnMonitor(3, source, 'train', 'test', batch_size=16, k=5,
+  monitor = KnnMonitor(3, source, 'train', 'test', batch_size=16, k=5,
                               max_train_examples=count, max_eval_examples=count)
   logs = {}
   monitor.on_train_begin(trainer)
@@ -137,9 +138,9 @@ def test_knn_monitor_needs_labels_and_positive_period(tmp_path):
   Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / 'train' / 'blank.png')
   unlabeled = get_source('image_folder_unlabeled', str(tmp_path))
   with pytest.raises(ValueError, match='labeled'):
-    probes.KnnMonitor(1, unlabeled, 'train', 'train')
+    KnnMonitor(1, unlabeled, 'train', 'train')
   with pytest.raises(ValueError, match='every_n_steps'):
-    probes.KnnMonitor(0, get_source('digits'), 'train', 'test')
+    KnnMonitor(0, get_source('digits'), 'train', 'test')
 
 
 def test_config_knn_monitor_steps():

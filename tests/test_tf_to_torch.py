@@ -13,7 +13,7 @@ import pytest
 torch = pytest.importorskip('torch')
 tf = pytest.importorskip('tensorflow')
 
-from checkpoints_conversion import detect  # noqa: E402
+from simclr_tf2.network import detect  # noqa: E402
 from golden_data import read_keys  # noqa: E402
 from checkpoints_conversion import tf_to_torch as t2t  # noqa: E402
 from checkpoints_conversion.torch_resnet import SimCLRTorch  # noqa: E402
