@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+REPO = pathlib.Path(__file__).resolve().parents[1]  # the repository's root
 # Reference data of the official implementation (see its README.md).
 GOLDEN_DIR = pathlib.Path(__file__).resolve().parent / 'data' / 'golden'
 

@@ -20,6 +20,7 @@ import pytest
 import tensorflow as tf
 
 from golden_data import golden_model_tree, read_keys
+from golden_data import REPO
 from simclr_tf2 import run
 from simclr_tf2.data import distributed_dataset
 from simclr_tf2.training.evaluator import Evaluator
@@ -29,7 +30,6 @@ from simclr_tf2.config import Config
 from simclr_tf2.data import get_source
 from simclr_tf2.training.task import SimCLRTask
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VALUE = '/.ATTRIBUTES/VARIABLE_VALUE'
 HEAD_KERNEL = 'model/supervised_head/linear_layer/dense/kernel' + VALUE
 HEAD_BIAS = 'model/supervised_head/linear_layer/dense/bias' + VALUE
@@ -446,11 +446,11 @@ def test_unknown_enum_value_fails_at_parse_time():
 
 def test_unknown_enum_value_on_the_real_command_line(tmp_path):
   model_dir = tmp_path / 'cli'
-  env = {**os.environ, 'PYTHONPATH': REPO + os.pathsep + os.environ.get('PYTHONPATH', ''),
+  env = {**os.environ, 'PYTHONPATH': str(REPO) + os.pathsep + os.environ.get('PYTHONPATH', ''),
          'TF_CPP_MIN_LOG_LEVEL': '2'}
   process = subprocess.run(
       [sys.executable, '-m', 'simclr_tf2.run', '--train_mode=foo', '--use_tpu=false',
-       f'--model_dir={model_dir}'], cwd=REPO, env=env, capture_output=True, text=True,
+       f'--model_dir={model_dir}'], cwd=str(REPO), env=env, capture_output=True, text=True,
       timeout=120)
   assert process.returncode != 0
   assert 'Traceback' not in process.stderr

@@ -6,16 +6,16 @@ Kn: defect numbers of the official code, listed in docs/differences.md.
 
 import ast
 import json
-import pathlib
 import re
 
 import pytest
 
 from golden_data import GOLDEN_DIR
+from golden_data import REPO
 from simclr_tf2.flags import markdown_table
 from simclr_tf2.config import Config
 
-README = pathlib.Path(__file__).resolve().parents[1] / 'README.md'
+README = REPO / 'README.md'
 FLAGS_PAGE = README.parent / 'docs' / 'training.md'
 
 

@@ -18,7 +18,6 @@ test, so a new command is either runnable or explicitly excused.
 """
 
 import os
-import pathlib
 import re
 import shlex
 import subprocess
@@ -28,9 +27,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from golden_data import REPO
 from simclr_tf2 import recipes
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
 PAGES = [REPO / 'README.md'] + sorted((REPO / 'docs').glob('*.md'))
 
 NOT_RUN = {  # command prefix: why no test runs it

@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from golden_data import REPO
 from simclr_tf2.network import checkpoint as ckpt_lib
 from simclr_tf2 import model_dir as md
 from simclr_tf2.data import distributed_dataset
@@ -35,7 +36,6 @@ from simclr_tf2.training.lars import build_optimizer
 from simclr_tf2.network.model import build_model
 from simclr_tf2.training.task import SimCLRTask
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LOCK_SCRIPT = '''
 import sys
 from simclr_tf2.model_dir import ModelDirLock
@@ -56,7 +56,7 @@ def _one_line(message):
 def lock_holder(model_dir, ending='exit'):
   """A separate process holding the writer lock of model_dir until the block ends."""
   process = subprocess.Popen([sys.executable, '-c', LOCK_SCRIPT, str(model_dir), ending],
-                             cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+                             cwd=str(REPO), stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
   try:
     assert process.stdout.readline() == 'locked\n'
     yield process
@@ -402,7 +402,7 @@ def _run_in_subprocess(settings, kill_at=0, replicas=1):
   env = dict(os.environ, CUDA_VISIBLE_DEVICES='', TF_CPP_MIN_LOG_LEVEL='3')
   return subprocess.run([sys.executable, '-c', RUN_SCRIPT, repr(settings), str(kill_at),
                          str(replicas)],
-                        cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+                        cwd=str(REPO), env=env, capture_output=True, text=True, timeout=600)
 
 
 def _tensors(prefix):
@@ -538,7 +538,7 @@ def test_eval_evaluates_every_checkpoint_in_order_and_lists_the_deleted(tmp_path
 
 def test_faults_page_names_only_existing_tests():
   """docs/faults.md: every row's test exists (so the table is checked against the suite)."""
-  page = open(os.path.join(REPO, 'docs', 'faults.md'), encoding='utf-8').read()
+  page = open(os.path.join(str(REPO), 'docs', 'faults.md'), encoding='utf-8').read()
   rows = [line for line in page.splitlines() if line.startswith('| ') and '---' not in line][1:]
   assert len(rows) >= 15
   for row in rows:
@@ -547,5 +547,7 @@ def test_faults_page_names_only_existing_tests():
     assert names, row
     for file_name, test_name in names:
       last_file = file_name or last_file
-      source = open(os.path.join(REPO, 'tests', last_file), encoding='utf-8').read()
+      found = sorted((REPO / 'tests').glob(f'*/{last_file}'))
+      assert found, f'{last_file} is not in tests/unit or tests/e2e'
+      source = found[0].read_text(encoding='utf-8')
       assert f'def {test_name}(' in source, (last_file, test_name)

@@ -1,12 +1,12 @@
 """The documentation's Python examples run as written (those marked as executed)."""
 
-import pathlib
 import re
 
 import pytest
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
-MARK = '<!-- executed by tests/test_docs.py -->'
+from golden_data import REPO
+
+MARK = '<!-- executed by tests/e2e/test_docs.py -->'
 
 
 def marked_python_blocks(path):
