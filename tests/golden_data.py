@@ -98,3 +98,12 @@ def golden_model_tree(golden_keys, rng, draw=_standard_normal):
     setattr(node, path[-1], tf.Variable(value))
     values['/'.join(path)] = value
   return root, values
+
+
+def fresh_golden_model(name, **overrides):
+  """The model of a golden configuration in a fresh Keras session (name counters at 0, as in
+  the reference process that wrote the golden lists)."""
+  from simclr_tf2.network.model import build_model  # pylint: disable=import-outside-toplevel
+  import tf_keras as keras  # pylint: disable=import-outside-toplevel
+  keras.backend.clear_session()
+  return build_model(NUM_CLASSES, **{**GOLDEN_CONFIGS[name], **REFERENCE_PARITY, **overrides})
