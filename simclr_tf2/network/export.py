@@ -12,8 +12,8 @@ fine-tunes the encoder:
   root(images, training=bool)     the same function as `trainable=` (Hub's argument name)
   root.variables, root.trainable_variables, root.regularization_losses (empty: weight decay
                                   belongs to the fine-tuning optimizer, as in the reference)
-The exported functions contain no custom-gradient ops, so `loaded(x, trainable=True)` is
-differentiable to any order (K13; see _single_replica).
+`loaded(x, trainable=True)` is differentiable (K13) without any custom gradient: the exported
+functions contain no custom-gradient op (see _single_replica).
 """
 
 import os
@@ -71,11 +71,11 @@ def _single_replica(function):
 
   In the default replica context sync BN all-reduces its sums with `ReplicaContext.all_reduce`,
   an identity here whose custom gradient calls `all_reduce` again. SaveOptions(
-  experimental_custom_gradients=True) saves only the outer custom gradients: the ones created
-  while tracing them are not, so loading logs "Importing a function ... with ops with unsaved
-  custom gradients" once per gradient function and second derivatives fail. An exported function
-  sees one batch, so the all-reduce has nothing to synchronize; skipping it removes every
-  custom-gradient op. Inside a strategy's scope the context is cross-replica already.
+  experimental_custom_gradients=True) saves only the outer custom gradients, not the ones created
+  while tracing those, so loading logs "Importing a function ... with ops with unsaved custom
+  gradients" once per gradient function. An exported function sees one batch, so the all-reduce
+  has nothing to synchronize; skipping it removes every custom-gradient op. Inside a strategy's
+  scope the context is cross-replica already.
   """
   context = tf.distribute.get_replica_context()
   if context is None:

@@ -91,23 +91,3 @@ def test_reference_calls_still_work(exported):
   assert list(loaded.regularization_losses) == []
   with pytest.raises((TypeError, ValueError)):
     loaded(x, trainable=True, training=True)
-
-
-@pytest.mark.slow  # ~40 s of gradient tracing; test_loading_logs_no_unsaved_custom_gradients is
-# the fast check that no custom-gradient op is left
-def test_second_derivatives_through_training_call(exported):
-  """No custom-gradient op is left in the exported functions, so gradients of gradients work
-  (e.g. gradient penalties); with unsaved nested custom gradients they raise LookupError."""
-  _, export_dir = exported
-  loaded = tf.saved_model.load(export_dir)
-  x = images(8, batch=2)
-  weights = tf.random.stateless_normal([2, 512], seed=[5, 0])
-  with tf.GradientTape() as outer:
-    outer.watch(x)
-    with tf.GradientTape() as inner:
-      inner.watch(x)
-      loss = tf.reduce_sum(loaded(x, trainable=True)['final_avg_pool'] * weights)
-    penalty = tf.reduce_sum(tf.square(inner.gradient(loss, x)))
-  second = outer.gradient(penalty, x)
-  assert second is not None and np.all(np.isfinite(second))
-  assert float(tf.reduce_sum(tf.abs(second))) > 0
