@@ -36,7 +36,9 @@ setup(
     ],
     extras_require={
         'torch': ['torch>=2.1', 'safetensors>=0.4'],
-        'test': ['pytest>=7', 'matplotlib>=3.5'],  # the plot tests need the plots extra
+        # The plot tests need matplotlib; the export tests load exports with hub.KerasLayer
+        # (tensorflow_hub imports pkg_resources, which setuptools 81 removed).
+        'test': ['pytest>=7', 'matplotlib>=3.5', 'tensorflow-hub>=0.16', 'setuptools<81'],
         'plots': ['matplotlib>=3.5'],  # PNG t-SNE / PCA / thumbnail maps of embeddings
     },
     entry_points={

@@ -7,7 +7,13 @@ Layout of an export (same as the reference, so existing consumers keep working):
   root(images, trainable)         dict of the endpoints (ENDPOINT_NAMES; `logits_sup` only when the
                                   model has a supervised head, K10), never blurred (K25)
   root.signatures['serving_default'](images=...)   the trainable=False function (K12)
-Custom gradients are saved so `loaded(x, trainable=True)` can be differentiated (K13).
+and TensorFlow Hub's Reusable SavedModel interface, so `hub.KerasLayer(export, trainable=True)`
+fine-tunes the encoder:
+  root(images, training=bool)     the same function as `trainable=` (Hub's argument name)
+  root.variables, root.trainable_variables, root.regularization_losses (empty: weight decay
+                                  belongs to the fine-tuning optimizer, as in the reference)
+`loaded(x, trainable=True)` is differentiable (K13) without any custom gradient: the exported
+functions contain no custom-gradient op (see _single_replica).
 """
 
 import os
@@ -60,8 +66,27 @@ def variable_tree(model) -> tf.Module:
   return root
 
 
+def _single_replica(function):
+  """Calls `function` in a cross-replica context, where synchronized batch norm computes the
+  statistics of its own batch (tf.nn.moments, as `global_bn=False` layers do).
+
+  In the default replica context sync BN all-reduces its sums with `ReplicaContext.all_reduce`,
+  an identity here whose custom gradient calls `all_reduce` again. SaveOptions(
+  experimental_custom_gradients=True) saves only the outer custom gradients, not the ones created
+  while tracing those, so loading logs "Importing a function ... with ops with unsaved custom
+  gradients" once per gradient function. An exported function sees one batch, so the all-reduce
+  has nothing to synchronize; skipping it removes every custom-gradient op. Inside a strategy's
+  scope the context is cross-replica already.
+  """
+  context = tf.distribute.get_replica_context()
+  if context is None:
+    return function()
+  return context.merge_call(lambda _: function())
+
+
 class _ExportModule(tf.Module):
-  """The exported root object. Call with a 3-channel batch and a Python bool `trainable`.
+  """The exported root object. Call with a 3-channel batch and a Python bool, either positional
+  or `trainable=` (the reference's name) or `training=` (TensorFlow Hub's name).
 
   Only for `tf.saved_model.save`: SavedModel export retraces every concrete function inside its
   save context (a separate tracing-cache key), so the traces made before saving only record the
@@ -69,26 +94,42 @@ class _ExportModule(tf.Module):
   return those empty traces. Load the export instead.
   """
 
+  # Reusable SavedModel attributes. tf.Module computes these two as read-only properties, which
+  # are not saved; plain class attributes let __init__ store them as saved instance attributes.
+  variables = ()
+  trainable_variables = ()
+
   def __init__(self, model):
     super().__init__()
     if not model.variables:  # variables created inside the trace would escape the tree below
       model.create_variables()
     self.model = variable_tree(model)
-    # `trainable_variables` is a read-only tf.Module property, hence the reference's name.
+    # The reference's name (it could not overwrite the tf.Module property).
     self.trainable_variables_list = model.trainable_variables
+    self.trainable_variables = model.trainable_variables
+    self.variables = model.variables
+    self.regularization_losses = []
     # A bound method is not tracked: the Keras model itself is not serialised.
     self._call_with_endpoints = model.call_with_endpoints
     self._recording = True
-    for trainable in (True, False):
-      self.__call__.get_concrete_function(IMAGES_SPEC, trainable)
+    for mode in (True, False):
+      self.__call__.get_concrete_function(IMAGES_SPEC, mode)
+      self.__call__.get_concrete_function(IMAGES_SPEC, training=mode)
     self._recording = False
 
   @tf.function
-  def __call__(self, inputs, trainable):
+  def __call__(self, inputs, trainable=None, training=None):
     if self._recording:
       return {}
+    if training is not None:
+      # Hub's name for the same mode: call the `trainable` function rather than tracing the
+      # model twice more (the save retraces every concrete function).
+      if trainable is not None:
+        raise TypeError('pass `trainable` or `training`, not both')
+      return self.__call__.get_concrete_function(IMAGES_SPEC, training)(inputs)
     # blur=False: an exported pretraining model called with trainable=True must not augment.
-    return self._call_with_endpoints(inputs, training=trainable, blur=False)
+    return _single_replica(
+        lambda: self._call_with_endpoints(inputs, training=trainable, blur=False))
 
   @tf.function(input_signature=[tf.TensorSpec(IMAGES_SPEC.shape, IMAGES_SPEC.dtype,
                                               name=SERVING_INPUT_NAME)])
