@@ -1,4 +1,4 @@
-"""Fault injection (issue 11): concurrent writers, kills, garbage files, full or read-only disks,
+"""Fault injection: concurrent writers, kills, garbage files, full or read-only disks,
 diverged checkpoints. Each test checks the one-line message and that nothing already saved is lost.
 
 The disk-full and read-only cases mount a tiny tmpfs (needs root); they are skipped with the reason

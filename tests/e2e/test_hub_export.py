@@ -1,4 +1,4 @@
-"""Exports as TensorFlow Hub Reusable SavedModels (issue 25): `hub.KerasLayer(export,
+"""Exports as TensorFlow Hub Reusable SavedModels: `hub.KerasLayer(export,
 trainable=True)` fine-tunes the whole encoder, while the official `loaded(x, trainable)` layout
 keeps working. Layout: docs/architecture-notes.md, "SavedModel layout"."""
 

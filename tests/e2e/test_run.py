@@ -230,7 +230,7 @@ def test_finetune_from_pretrain_zero_inits_head_and_eval_mode_evaluates(finetune
   assert read_json(os.path.join(model_dir, 'eval_flags.json'))['mode'] == 'eval'
   assert read_json(os.path.join(model_dir, 'flags.json'))['mode'] != 'eval'
   events = read_events(os.path.join(model_dir, 'eval'))
-  for tag in EVAL_SCALARS:  # every checkpoint, in order (issue 11)
+  for tag in EVAL_SCALARS:  # every checkpoint, in order
     assert [step for step, _ in scalars(events, tag)] == [2, 3], tag
   assert checkpoint_steps(model_dir) == [2, 3]  # evaluation writes no checkpoint
 
