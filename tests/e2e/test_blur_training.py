@@ -1,17 +1,4 @@
-"""The pretraining Gaussian blur (simclr_tf2/blur.py) against a blur computed by hand in NumPy.
-
-What the reference does, and what the hand computation below encodes independently:
-* `kernel_size` gives `radius = int(kernel_size / 2)` and a kernel of `2 * radius + 1` taps at
-  offsets -radius..radius (so kernel sizes 6 and 7 both give 7 taps, 1 gives the identity);
-* the 1-D weights are exp(-x^2 / (2 sigma^2)) normalised to sum 1, and the blur is separable:
-  the 2-D kernel is the outer product of the 1-D weights, the same for every channel;
-* 'SAME' padding with zeros, stride 1: borders darken (a constant image of ones keeps 1 inside
-  and falls to (sum of the half kernel)^2 at a corner);
-* `random_blur` draws ONE sigma ~ U[0.1, 2.0) for the whole batch, blurs each image with the
-  given probability, takes the kernel size from the `image_size` setting (image_size // 10), not
-  from the tensor, and clips to [0, 1].
-The end-to-end test runs a tiny pretraining with use_blur=true through the public `train.run`.
-"""
+"""A tiny pretraining with the Gaussian blur on, through the public run()."""
 
 import math
 

@@ -1,4 +1,5 @@
-"""The console: progress lines (terminal and plain), header/summary, and a quiet conversion CLI."""
+"""The console of the real commands (fresh processes): quiet by default with a complete log
+file, everything at -v 1."""
 
 import os
 import re

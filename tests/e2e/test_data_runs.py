@@ -1,4 +1,5 @@
-"""Dataset sources and the input pipeline."""
+"""Input pipelines inside real runs: a corrupt image stops a run with one line, and a mirrored
+pipeline starts without tf.data warnings (a fresh process)."""
 
 import os
 import subprocess

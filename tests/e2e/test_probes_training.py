@@ -1,4 +1,5 @@
-"""kNN and linear probes on hand-made feature sets, score files, the KnnMonitor callback."""
+"""The kNN monitor during training and the fair random-init encoder (batch-norm statistics
+recomputed from the data)."""
 
 import math
 import types

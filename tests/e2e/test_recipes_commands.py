@@ -1,14 +1,8 @@
-"""Recipes (flags/*.cfg shipped in the package): lookup by name, `--flagfile` expansion with nested
-files relative to the including file, cycles and missing files, and every recipe a valid Config.
-
-Expected flag lists are written out by hand from the files the tests create (or from the recipe
-files as they read in flags/), not produced by the code under test.
-"""
+"""Recipes on the real command line (a fresh process)."""
 
 import os
 import subprocess
 import sys
-
 
 from golden_data import REPO
 
