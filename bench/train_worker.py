@@ -35,7 +35,11 @@ import tf_keras as keras  # noqa: E402
 from simclr_tf2 import config as config_lib  # noqa: E402
 from simclr_tf2.data import get_source  # noqa: E402
 
-NEW_API = os.path.exists(os.path.join(ARGS['code'], 'simclr_tf2', 'task.py'))
+_BASELINE_TRAIN = os.path.join(ARGS['code'], 'simclr_tf2', 'train.py')
+# The baseline commit trains through its `Experiment` class; later trees through SimCLRTask and
+# Trainer (today in simclr_tf2/training/).
+with open(_BASELINE_TRAIN if os.path.exists(_BASELINE_TRAIN) else os.devnull, encoding='utf-8') as f:
+  NEW_API = 'class Experiment' not in f.read()
 
 
 class BlockTimes(logging.Handler):
@@ -62,7 +66,7 @@ def build(config):
   if NEW_API:
     from simclr_tf2.training.task import SimCLRTask  # pylint: disable=import-outside-toplevel
     from simclr_tf2.data import distributed_dataset  # pylint: disable=import-outside-toplevel
-    from simclr_tf2.training.trainer import Trainer
+    from simclr_tf2.training.trainer import Trainer  # pylint: disable=import-outside-toplevel
     source = get_source(config.dataset, image_size=config.image_size)
     num_examples = source.num_examples(config.train_split)
     task = SimCLRTask(config, source.num_classes, strategy)

@@ -1,4 +1,4 @@
-"""The pretraining Gaussian blur (simclr_tf2/blur.py) against a blur computed by hand in NumPy.
+"""The pretraining Gaussian blur (simclr_tf2/network/blur.py) against a blur computed by hand in NumPy.
 
 What the reference does, and what the hand computation below encodes independently:
 * `kernel_size` gives `radius = int(kernel_size / 2)` and a kernel of `2 * radius + 1` taps at
@@ -10,7 +10,7 @@ What the reference does, and what the hand computation below encodes independent
 * `random_blur` draws ONE sigma ~ U[0.1, 2.0) for the whole batch, blurs each image with the
   given probability, takes the kernel size from the `image_size` setting (image_size // 10), not
   from the tensor, and clips to [0, 1].
-The end-to-end test runs a tiny pretraining with use_blur=true through the public `train.run`.
+tests/e2e/test_blur_training.py runs a tiny pretraining with use_blur=true through run().
 """
 
 import math

@@ -125,7 +125,7 @@ def _trainable_parts(model):
     (1, {'block_group2', 'block_group3', 'block_group4'}),
     (2, {'block_group3', 'block_group4'}),
     (3, {'block_group4'}),
-    (4, set())])  # other values are rejected by Config.validate (tests/test_errors.py)
+    (4, set())])  # other values are rejected by Config.validate (tests/unit/test_errors.py)
 def test_fine_tune_after_block_freezes_the_reference_parts(ftab, trainable_encoder_parts):
   model = build_model(10, resnet_depth=18, image_size=32, train_mode='finetune',
                       fine_tune_after_block=ftab, freeze_unused_proj_head=False)
