@@ -12,23 +12,28 @@ files are replaced by small stand-ins made here:
   /saved_models/...          a SavedModel exported from that checkpoint
   /tmp/X, gs://BUCKET/.../X  a run directory (--model_dir, --checkpoint; also in recipes):
                              ./doc_runs/X; a gs:// --data_dir is a prepared TFDS folder
+Each command runs in this process through the in-process entry point of its module (the same
+parser, checks and action as its console script), under the default one-device strategy.
 Training commands get tiny-run flags appended (absl: the last value of a flag wins). Commands
 that cannot run in a test are listed in NOT_RUN with the reason; any other command fails the
 test, so a new command is either runnable or explicitly excused.
 """
 
+import contextlib
+import io
 import os
 import re
 import shlex
-import subprocess
-import sys
 
 import numpy as np
 import pytest
+import tensorflow as tf
 from PIL import Image
 
 from golden_data import REPO
-from simclr_tf2 import recipes
+from checkpoints_conversion import convert_to_pytorch, export_saved_model
+from simclr_tf2 import embed, recipes
+from simclr_tf2 import run as run_command
 
 PAGES = [REPO / 'README.md'] + sorted((REPO / 'docs').glob('*.md'))
 
@@ -56,6 +61,15 @@ ENTRY_POINTS = {  # program as written -> python arguments
         ['-m', 'checkpoints_conversion.convert_to_pytorch'],
     'simclr-tf2-embed': ['-m', 'simclr_tf2.embed'],
     'python -m simclr_tf2.embed': ['-m', 'simclr_tf2.embed'],
+}
+# Each command runs in this process through its module's in-process entry point (the same flags
+# parser, checks and action as the console script; one TensorFlow start-up for the whole page).
+IN_PROCESS = {
+    'simclr_tf2.run': lambda argv: run_command.run_in_process(
+        argv, strategy=tf.distribute.get_strategy()),
+    'simclr_tf2.embed': embed.run,
+    'checkpoints_conversion.export_saved_model': export_saved_model.run,
+    'checkpoints_conversion.convert_to_pytorch': convert_to_pytorch.run,
 }
 TINY_TRAINING = ['--use_tpu=false', '--train_steps=2', '--checkpoint_steps=1', '--eval_steps=1',
                  '--train_batch_size=8', '--eval_batch_size=8', '--image_size=8',
@@ -103,17 +117,24 @@ def _write_images(folder, count, seed):
     Image.fromarray(pixels).save(folder / f'{index:03d}.png')
 
 
-def _run(args, cwd, env):
-  process = subprocess.run([sys.executable] + args, cwd=cwd, env=env, capture_output=True,
-                           text=True, timeout=600, check=False)
-  assert process.returncode == 0, (args, process.stderr[-3000:])
-  return process
+def _run(args, cwd):
+  """Runs `python -m MODULE ARGS` in this process (the module's in-process entry point, under
+  the default one-device strategy), from `cwd`; fails with the command's error output."""
+  module, argv = args[1], [args[1]] + list(args[2:])
+  err = io.StringIO()
+  previous = os.getcwd()
+  os.chdir(cwd)
+  try:
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
+      code = IN_PROCESS[module](argv)
+  finally:
+    os.chdir(previous)
+  assert code == 0, (args, err.getvalue()[-3000:])
 
 
 @pytest.fixture(scope='module')
 def stand_ins(tmp_path_factory):
   root = tmp_path_factory.mktemp('reader_files')
-  env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get('PYTHONPATH', ''))
   _write_images(root / 'my_images' / 'train', 24, seed=0)
   for split in ('train', 'test', 'validation'):
     for label in ('cats', 'dogs'):
@@ -125,10 +146,10 @@ def stand_ins(tmp_path_factory):
     run_dir = root / f'r{depth}_run'
     _run(['-m', 'simclr_tf2.run', '--dataset=digits', '--mode=train', f'--model_dir={run_dir}']
          + TINY_TRAINING + [f'--resnet_depth={depth}', f'--image_size={size}', '--train_steps=1'],
-         cwd=root, env=env)
+         cwd=root)
     values[f'r{depth}'] = run_dir
   values['saved_model'] = next((root / 'r18_run' / 'saved_model').iterdir())
-  return values, env
+  return values
 
 
 def _local_run_dirs(args):
@@ -186,8 +207,7 @@ def concrete(command, stand_ins_values):
 @pytest.mark.parametrize('page', [p for p in PAGES if any(
     not excuse(c) for c in shell_commands(p))], ids=lambda p: p.name)
 def test_documented_commands_run(page, stand_ins, tmp_path):
-  values, env = stand_ins
   for command in shell_commands(page):
     if excuse(command) or not entry_point(command):
       continue
-    _run(concrete(command, values), cwd=tmp_path, env=env)
+    _run(concrete(command, stand_ins), cwd=tmp_path)
