@@ -2,8 +2,10 @@
 
 Defines the 48 official flags (and this port's additions) from `Config` on its own FlagValues,
 parses them, builds the distribution strategy first (a multi-worker cluster must be configured
-before anything touches TensorFlow's devices), then hands a Config to
-`simclr_tf2.training.runner.run`. Nothing else in the package reads flags.
+before anything touches TensorFlow's devices), checks that every worker of a cluster runs the
+same settings, then hands a Config to `simclr_tf2.training.runner.run`; a worker of the cluster
+that stops during the run is one `error:` line naming it (docs/distributed.md). Nothing else in
+the package reads flags.
 """
 
 import json
@@ -57,10 +59,12 @@ def main(values, strategy=None) -> int:
                  flag_values=flag_values_json(values), log_file=True, eval_progress_bar=quiet)
   log_dir = config.model_dir if config.mode != 'eval' else os.path.join(config.model_dir,
                                                                          EVAL_SUBDIR)
+  chief = is_chief(strategy)  # the other workers of a cluster write no results and no log
   console.print_summary(result.metrics or {}, {
       'checkpoint': result.checkpoint, 'saved_model': result.saved_model,
-      'results': result.metrics and os.path.join(config.model_dir, 'result.json'),
-      'log': is_chief(strategy) and os.path.join(log_dir, console.LOG_FILE_NAME)}, seconds=time.monotonic() - start)
+      'results': chief and result.metrics and os.path.join(config.model_dir, 'result.json'),
+      'log': chief and os.path.join(log_dir, console.LOG_FILE_NAME)},
+      seconds=time.monotonic() - start)
   return 0
 
 
