@@ -271,7 +271,7 @@ def check_workers_agree(strategy: tf.distribute.Strategy, config: Config) -> Non
   others = ', '.join(f'{job} {index}' for job, index in (tasks[i] for i in different))
   raise ClusterError(f'the workers were started with different settings: {", ".join(settings)} '
                      f'of {others} differ from {tasks[0][0]} {tasks[0][1]}\'s; start every '
-                     'worker with the same flags (only TF_CONFIG\'s task differs)')
+                     'worker with the same flags')
 
 
 _PEER = re.compile(r'/job:(chief|worker)/(?:replica:\d+/)?task:(\d+)')

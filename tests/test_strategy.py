@@ -86,3 +86,24 @@ def test_slurm_cluster_resolver_makes_one_worker_per_task(monkeypatch, nodes, ta
   assert resolver.cluster_spec().as_dict() == {'worker': expected_workers}
   assert (resolver.task_type, resolver.task_id) == ('worker', 1)
   assert os.environ['CUDA_VISIBLE_DEVICES'] == own_gpus
+
+
+@pytest.mark.parametrize('reserved,expected_workers', [
+    ('12000-12001', ['node01:12000', 'node01:12001']),  # srun --resv-ports: the step's ports
+    ('', ['node01:8888', 'node01:8889'])])
+def test_slurm_workers_listen_on_the_ports_srun_reserved(monkeypatch, reserved,
+                                                         expected_workers):
+  for name, value in {**SLURM_STEP, 'SLURM_STEP_NODELIST': 'node01',
+                      'SLURM_STEP_TASKS_PER_NODE': '2', 'CUDA_VISIBLE_DEVICES': '',
+                      'SLURM_STEP_RESV_PORTS': reserved}.items():
+    monkeypatch.setenv(name, value)
+  assert slurm_cluster_resolver().cluster_spec().as_dict() == {'worker': expected_workers}
+
+
+def test_a_broken_slurm_step_is_one_line(monkeypatch):
+  for name, value in {**SLURM_STEP, 'CUDA_VISIBLE_DEVICES': ''}.items():
+    monkeypatch.setenv(name, value)
+  monkeypatch.delenv('SLURM_STEP_NODELIST')
+  with pytest.raises(ClusterError, match='^cannot read the SLURM job step: ') as error:
+    slurm_cluster_resolver()
+  assert '\n' not in str(error.value)
