@@ -218,6 +218,18 @@ def build_strategy(config: Config):
   return strategy
 
 
+def check_one_process(config: Config, command: str) -> None:
+  """A one-line ClusterError if the environment asks for a cluster of several processes
+  (TF_CONFIG of several tasks, an srun step of several tasks) and `command` runs in one
+  process only: each process would see part of the data and write the same files."""
+  kind = strategy_kind(config, os.environ.get('TF_CONFIG'), os.environ)
+  if kind in ('multi_worker', 'slurm'):
+    how = ('unset TF_CONFIG' if kind == 'multi_worker'
+           else 'start it outside an srun step of several tasks')
+    raise ClusterError(f'{command} runs in one process, not on a cluster of several: {how} '
+                       '(only simclr-tf2 training runs on several machines)')
+
+
 def cluster_tasks(strategy: tf.distribute.Strategy) -> List[Tuple[str, int]]:
   """The (task type, index) of every training process of a multi-worker strategy, chief
   first; [] for a one-process strategy."""

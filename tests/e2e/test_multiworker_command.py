@@ -367,3 +367,29 @@ def test_no_tpu_is_one_line_naming_where_the_command_looked(tmp_path):
       'error: no TPU reachable at --tpu_name=no-such-tpu-here ('), result.stderr
   assert '--use_tpu=false' in lines[0]
   assert not (tmp_path / 'model').exists()
+
+
+@pytest.mark.parametrize('tool', ['embed', 'demo'])
+@pytest.mark.parametrize('cluster', ['tf_config', 'slurm'])
+def test_one_process_tools_refuse_a_cluster_in_one_line(tmp_path, monkeypatch, capsys, tool,
+                                                        cluster):
+  # pylint: disable=import-outside-toplevel
+  from simclr_tf2 import command, demo, embed
+  if cluster == 'tf_config':
+    monkeypatch.setenv('TF_CONFIG', json.dumps({'cluster': TWO_WORKERS,
+                                                'task': {'type': 'worker', 'index': 0}}))
+  else:
+    for name, value in {'SLURM_JOB_ID': '7', 'SLURM_PROCID': '0', 'SLURM_STEP_NUM_TASKS': '2',
+                        'SLURM_STEP_NODELIST': 'localhost',
+                        'SLURM_STEP_TASKS_PER_NODE': '2'}.items():
+      monkeypatch.setenv(name, value)
+  out = tmp_path / 'out'
+  if tool == 'embed':
+    code = embed.run(['simclr-tf2-embed', f'--source={tmp_path}', '--dataset=digits',
+                      f'--output_dir={out}', '--use_tpu=false'])
+  else:
+    code = command.run(demo.define_flags, demo.main, ['demo', f'--model_dir={out}'])
+  err = capsys.readouterr().err
+  assert code == 1
+  assert len(err.splitlines()) == 1 and 'runs in one process, not on a cluster' in err, err
+  assert not out.exists()
