@@ -103,9 +103,10 @@ def define_flags(values):
 def main(values) -> int:
   """The demo for parsed flags; prints the header, the tables and the summary."""
   # pylint: disable=import-outside-toplevel  (TensorFlow loads after the console is quiet)
-  from simclr_tf2.distribute import build_strategy, describe
+  from simclr_tf2.distribute import build_strategy, check_one_process, describe
   from simclr_tf2.inference.ablation import KNN, PRETRAINED, PROBE
   start = time.monotonic()
+  check_one_process(recipe('digits_demo.cfg'), 'the demo')
   strategy = build_strategy(recipe('digits_demo.cfg'))  # before anything touches the devices
   console.print_header('simclr_tf2 demo: SimCLR on digits, then what the encoder learned',
                        describe(strategy), values.model_dir)

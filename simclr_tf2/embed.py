@@ -97,9 +97,12 @@ def embed_main(values) -> dict:
   from simclr_tf2.data import get_source  # pylint: disable=import-outside-toplevel
   from simclr_tf2.flags import explicitly_set  # pylint: disable=import-outside-toplevel
   from simclr_tf2.inference.loading import DETECTED_FLAGS, load_model  # pylint: disable=import-outside-toplevel
-  from simclr_tf2.distribute import build_strategy, describe  # pylint: disable=import-outside-toplevel
-  strategy = build_strategy(Config(**{name: values[name].value for name in (
-      'use_tpu', 'tpu_name', 'tpu_zone', 'gcp_project', 'master')}))
+  # pylint: disable-next=import-outside-toplevel
+  from simclr_tf2.distribute import build_strategy, check_one_process, describe
+  device_config = Config(**{name: values[name].value for name in (
+      'use_tpu', 'tpu_name', 'tpu_zone', 'gcp_project', 'master')})
+  check_one_process(device_config, 'simclr-tf2-embed')
+  strategy = build_strategy(device_config)  # before anything touches the devices
   overrides = {name: values[name].value for name in explicitly_set(values)
                if name in DETECTED_FLAGS}
   loaded = load_model(values.source, strategy=strategy, **overrides)

@@ -34,6 +34,11 @@ class ModelDirError(SimCLRError):
   """The model_dir cannot be used: in use by another run, not a directory, bad state file."""
 
 
+class ClusterError(SimCLRError, RuntimeError):
+  """The processes of a multi-worker run cannot work together: a bad TF_CONFIG, a busy port,
+  workers started with different flags, a worker that stopped."""
+
+
 class FileSystemError(SimCLRError, OSError):
   """An operating-system failure (permission, disk full, read-only, path is a file)."""
 

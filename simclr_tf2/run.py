@@ -2,8 +2,10 @@
 
 Defines the 48 official flags (and this port's additions) from `Config` on its own FlagValues,
 parses them, builds the distribution strategy first (a multi-worker cluster must be configured
-before anything touches TensorFlow's devices), then hands a Config to
-`simclr_tf2.training.runner.run`. Nothing else in the package reads flags.
+before anything touches TensorFlow's devices), checks that every worker of a cluster runs the
+same settings, then hands a Config to `simclr_tf2.training.runner.run`; a worker of the cluster
+that stops during the run is one `error:` line naming it (docs/distributed.md). Nothing else in
+the package reads flags.
 """
 
 import json
@@ -41,7 +43,8 @@ def main(values, strategy=None) -> int:
     print('error: --model_dir is required', file=sys.stderr)
     return 1
   # pylint: disable=import-outside-toplevel  (TensorFlow loads after the console is quiet)
-  from simclr_tf2.distribute import build_strategy, describe
+  from simclr_tf2.distribute import (build_strategy, check_workers_agree, describe, is_chief,
+                                     worker_failures)
   from simclr_tf2.training.runner import EVAL_SUBDIR, run
   from simclr_tf2.training.trainer import default_callbacks
   start = time.monotonic()
@@ -49,15 +52,19 @@ def main(values, strategy=None) -> int:
   console.print_header(f'simclr-tf2 {config.mode} ({config.train_mode}, ResNet-'
                        f'{config.resnet_depth} on {config.dataset})', describe(strategy),
                        config.model_dir)
+  check_workers_agree(strategy, config)  # a cluster's workers: one config, or an error on each
   quiet = console.is_quiet()
-  result = run(config, strategy, callbacks=default_callbacks(config, progress_bar=quiet),
-               flag_values=flag_values_json(values), log_file=True, eval_progress_bar=quiet)
+  with worker_failures(strategy):  # another worker stopped: one line naming it, on every other
+    result = run(config, strategy, callbacks=default_callbacks(config, progress_bar=quiet),
+                 flag_values=flag_values_json(values), log_file=True, eval_progress_bar=quiet)
   log_dir = config.model_dir if config.mode != 'eval' else os.path.join(config.model_dir,
                                                                          EVAL_SUBDIR)
+  chief = is_chief(strategy)  # the other workers of a cluster write no results and no log
   console.print_summary(result.metrics or {}, {
       'checkpoint': result.checkpoint, 'saved_model': result.saved_model,
-      'results': result.metrics and os.path.join(config.model_dir, 'result.json'),
-      'log': os.path.join(log_dir, console.LOG_FILE_NAME)}, seconds=time.monotonic() - start)
+      'results': chief and result.metrics and os.path.join(config.model_dir, 'result.json'),
+      'log': chief and os.path.join(log_dir, console.LOG_FILE_NAME)},
+      seconds=time.monotonic() - start)
   return 0
 
 

@@ -45,7 +45,12 @@ NOT_RUN = {  # command prefix: why no test runs it
     'tensorboard': 'starts a web server',
     'python bench/': 'benchmarks take minutes and assert nothing: run by hand',
     'bash .ci/run': 'CI itself',
-    'TF_CONFIG=': 'one worker of a cluster: tests/test_multiworker.py runs a real two-worker job',
+    'TF_CONFIG=': 'one worker of a cluster: tests/e2e/test_distributed_doc.py runs the loopback '
+                  'cluster of docs/distributed.md as written',
+    'CLUSTER=': 'a shell variable of the loopback cluster (tests/e2e/test_distributed_doc.py)',
+    'FLAGS=': 'a shell variable of the loopback cluster (tests/e2e/test_distributed_doc.py)',
+    'wait': 'waits for the loopback cluster\'s background worker '
+            '(tests/e2e/test_distributed_doc.py)',
     'srun': 'needs a SLURM cluster',
     'sbatch': 'needs a SLURM cluster',
     'export ': 'sets a shell variable for the commands that follow',

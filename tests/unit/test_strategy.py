@@ -11,7 +11,7 @@ import pytest
 import tensorflow as tf
 
 from simclr_tf2.distribute import build_strategy, slurm_cluster_resolver, strategy_kind
-from simclr_tf2.errors import TrainingError
+from simclr_tf2.errors import ClusterError, TrainingError
 from simclr_tf2.config import Config
 
 
@@ -32,7 +32,16 @@ def test_unreachable_tpu_is_a_one_line_error():
 def test_tf_config_with_several_workers_selects_multi_worker(tf_config, expected):
   tf_config = None if tf_config is None else json.dumps(tf_config)
   assert strategy_kind(Config(use_tpu=False), tf_config) == expected
-  assert strategy_kind(Config(use_tpu=True), tf_config) == 'tpu'
+  assert_tpu_kind(tf_config, expected)
+
+
+def assert_tpu_kind(tf_config, kind_without_tpu, environ=None):
+  """--use_tpu: a TPU run, unless TF_CONFIG names a cluster of several tasks (an error)."""
+  if kind_without_tpu == 'multi_worker':
+    with pytest.raises(ClusterError, match='--use_tpu=true with a TF_CONFIG cluster'):
+      strategy_kind(Config(use_tpu=True), tf_config, environ)
+  else:
+    assert strategy_kind(Config(use_tpu=True), tf_config, environ) == 'tpu'
 
 
 def test_strategy_is_reused_within_a_process():
@@ -59,7 +68,7 @@ SLURM_STEP = {'SLURM_JOB_ID': '7', 'SLURM_PROCID': '1', 'SLURM_STEP_NUM_TASKS': 
 def test_a_slurm_step_of_several_tasks_selects_slurm(tf_config, environ, expected):
   tf_config = None if tf_config is None else json.dumps(tf_config)
   assert strategy_kind(Config(use_tpu=False), tf_config, environ) == expected
-  assert strategy_kind(Config(use_tpu=True), tf_config, environ) == 'tpu'
+  assert_tpu_kind(tf_config, expected, environ)
 
 
 @pytest.mark.parametrize('nodes,tasks_per_node,visible_gpus,expected_workers,own_gpus', [
@@ -77,3 +86,24 @@ def test_slurm_cluster_resolver_makes_one_worker_per_task(monkeypatch, nodes, ta
   assert resolver.cluster_spec().as_dict() == {'worker': expected_workers}
   assert (resolver.task_type, resolver.task_id) == ('worker', 1)
   assert os.environ['CUDA_VISIBLE_DEVICES'] == own_gpus
+
+
+@pytest.mark.parametrize('reserved,expected_workers', [
+    ('12000-12001', ['node01:12000', 'node01:12001']),  # srun --resv-ports: the step's ports
+    ('', ['node01:8888', 'node01:8889'])])
+def test_slurm_workers_listen_on_the_ports_srun_reserved(monkeypatch, reserved,
+                                                         expected_workers):
+  for name, value in {**SLURM_STEP, 'SLURM_STEP_NODELIST': 'node01',
+                      'SLURM_STEP_TASKS_PER_NODE': '2', 'CUDA_VISIBLE_DEVICES': '',
+                      'SLURM_STEP_RESV_PORTS': reserved}.items():
+    monkeypatch.setenv(name, value)
+  assert slurm_cluster_resolver().cluster_spec().as_dict() == {'worker': expected_workers}
+
+
+def test_a_broken_slurm_step_is_one_line(monkeypatch):
+  for name, value in {**SLURM_STEP, 'CUDA_VISIBLE_DEVICES': ''}.items():
+    monkeypatch.setenv(name, value)
+  monkeypatch.delenv('SLURM_STEP_NODELIST')
+  with pytest.raises(ClusterError, match='^cannot read the SLURM job step: ') as error:
+    slurm_cluster_resolver()
+  assert '\n' not in str(error.value)

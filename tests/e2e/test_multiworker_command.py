@@ -1,0 +1,395 @@
+"""Several processes through the user's command, `python -m simclr_tf2.run`, over loopback.
+
+* Two workers (TF_CONFIG) train what one MirroredStrategy process over two logical CPUs trains:
+  the chief's last checkpoint equals the one-process run's within 1e-6, and only the chief
+  writes into model_dir.
+* `kill -9` of a worker: the other stops within LOST_WORKER_SECONDS with one `error:` line
+  naming it; starting both again resumes from the last checkpoint and ends with the
+  uninterrupted run's weights.
+* A faked SLURM job step of two tasks on localhost trains the same way (SlurmClusterResolver).
+* Mistakes are one-line errors before anything is written: a malformed TF_CONFIG, a task index
+  out of range, a busy port, --use_tpu with TF_CONFIG, workers with different flags, no TPU.
+
+The one-process reference lays its input out as the workers do: a seeded run's data stream is a
+function of (seed, input pipeline), and a worker with one replica is one pipeline, so the
+reference's MirroredStrategy builds one pipeline per replica (InputReplicationMode.PER_REPLICA).
+"""
+
+import json
+import os
+import pathlib
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from simclr_tf2 import run as run_command
+
+TIMEOUT = 600  # seconds for any one process (generous: the 2 CPUs are shared)
+LOST_WORKER_SECONDS = 60  # docs/distributed.md: a dead worker stops the others within this
+TOLERANCE = 1e-6
+FLAGS = ['--dataset=digits', '--image_size=8', '--resnet_depth=18', '--train_batch_size=16',
+         '--train_steps=4', '--checkpoint_steps=2', '--seed=1', '--use_tpu=false',
+         '--use_blur=false', '--mode=train', '--warmup_epochs=0']
+COMMAND = [sys.executable, '-m', 'simclr_tf2.run']
+# One process, MirroredStrategy over two logical CPUs, one input pipeline per replica.
+MIRRORED = '''
+import sys
+import tensorflow as tf
+cpu = tf.config.list_physical_devices('CPU')[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+
+
+class PipelinePerReplica(tf.distribute.MirroredStrategy):
+  def distribute_datasets_from_function(self, dataset_fn, options=None):
+    return super().distribute_datasets_from_function(dataset_fn, options or
+        tf.distribute.InputOptions(
+            experimental_replication_mode=tf.distribute.InputReplicationMode.PER_REPLICA))
+
+
+from simclr_tf2.run import run_in_process
+sys.exit(run_in_process(['simclr-tf2'] + sys.argv[1:],
+                        PipelinePerReplica(['/cpu:0', '/cpu:1'])))
+'''
+CLEAN_ENV = {'TF_CPP_MIN_LOG_LEVEL': '2', 'TF_USE_LEGACY_KERAS': '1'}
+
+
+def free_ports(count):
+  sockets = [socket.socket() for _ in range(count)]
+  try:
+    for s in sockets:
+      s.bind(('127.0.0.1', 0))
+    return [s.getsockname()[1] for s in sockets]
+  finally:
+    for s in sockets:
+      s.close()
+
+
+def consecutive_free_ports(count):
+  """`count` free consecutive ports (a SLURM node's tasks listen on port_base + local rank)."""
+  for _ in range(100):
+    base = free_ports(1)[0]
+    if base + count > 65535:
+      continue
+    try:
+      sockets = []
+      for port in range(base, base + count):
+        s = socket.socket()
+        sockets.append(s)
+        s.bind(('127.0.0.1', port))
+      return list(range(base, base + count))
+    except OSError:
+      continue
+    finally:
+      for s in sockets:
+        s.close()
+  raise RuntimeError('no consecutive free ports')
+
+
+def tf_configs(workers):
+  addresses = [f'127.0.0.1:{port}' for port in free_ports(workers)]
+  return [{'cluster': {'worker': addresses}, 'task': {'type': 'worker', 'index': index}}
+          for index in range(workers)]
+
+
+class Processes:
+  """Started command processes, each logging to a file; all are killed on exit."""
+
+  def __init__(self, log_dir):
+    self.log_dir = pathlib.Path(log_dir)
+    self.running = []
+
+  def start(self, name, argv, env=None, tmpdir=None):
+    environ = {key: value for key, value in os.environ.items()
+               if key != 'TF_CONFIG' and not key.startswith('SLURM_')}
+    environ.update(CLEAN_ENV, **(env or {}))
+    if tmpdir is not None:  # where a non-chief's scratch directories go
+      tmpdir.mkdir(parents=True, exist_ok=True)
+      environ['TMPDIR'] = str(tmpdir)
+    with open(self.log_dir / f'{name}.log', 'wb') as log:
+      process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=environ)
+    process.name = name
+    self.running.append(process)
+    return process
+
+  def workers(self, name, argv, envs, tmpdirs):
+    return [self.start(f'{name}{index}', argv, env, tmpdir)
+            for index, (env, tmpdir) in enumerate(zip(envs, tmpdirs))]
+
+  def wait(self, process, timeout=TIMEOUT):
+    try:
+      return process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+      pytest.fail(f'{process.name} did not finish within {timeout} s\n{self.log(process)}')
+
+  def wait_ok(self, *processes):
+    for process in processes:
+      code = self.wait(process)
+      assert code == 0, f'{process.name} exited with {code}\n{self.log(process)[-3000:]}'
+
+  def log(self, process):
+    return (self.log_dir / f'{process.name}.log').read_text(errors='replace')
+
+  def kill_all(self):
+    for process in self.running:
+      if process.poll() is None:
+        process.kill()
+    for process in self.running:
+      process.wait(timeout=TIMEOUT)
+
+
+@pytest.fixture
+def processes(tmp_path):
+  started = Processes(tmp_path)
+  yield started
+  started.kill_all()
+
+
+def weights(prefix):
+  reader = tf.train.load_checkpoint(str(prefix))
+  return {key: reader.get_tensor(key) for key in reader.get_variable_to_shape_map()}
+
+
+def assert_same_checkpoint(actual, expected, tolerance=TOLERANCE):
+  """The same keys, and every variable's value within `tolerance` (the serialized object graph
+  may list objects in another order after a restore)."""
+  actual, expected = weights(actual), weights(expected)
+  assert sorted(actual) == sorted(expected)
+  for key, value in expected.items():
+    if not isinstance(value, bytes):
+      np.testing.assert_allclose(actual[key], value, rtol=0, atol=tolerance, err_msg=key)
+
+
+def event_file_pids(model_dir):
+  # events.out.tfevents.<time>.<host>.<pid>.<n>.v2
+  return {int(path.name.split('.')[-3]) for path in model_dir.glob('events.out.tfevents.*')}
+
+
+@pytest.fixture(scope='module')
+def mirrored_run(tmp_path_factory):
+  """model_dir of the one-process two-replica reference run (ckpt-2, ckpt-4)."""
+  root = tmp_path_factory.mktemp('mirrored')
+  started = Processes(root)
+  try:
+    process = started.start('mirrored', [sys.executable, '-c', MIRRORED, *FLAGS,
+                                         f'--model_dir={root / "model"}'])
+    started.wait_ok(process)
+  finally:
+    started.kill_all()
+  model_dir = root / 'model'
+  # Training moved the weights well beyond the tolerance, so equal checkpoints mean equal updates.
+  last, before = weights(model_dir / 'ckpt-4'), weights(model_dir / 'ckpt-2')
+  moved = [key for key, value in last.items() if not isinstance(value, bytes) and
+           value.dtype.kind == 'f' and np.abs(value - before[key]).max() > 1000 * TOLERANCE]
+  assert len(moved) > len(last) // 2, moved
+  return model_dir
+
+
+def assert_only_the_chief_wrote(model_dir, chief_pids, scratch_dirs):
+  names = {path.name for path in model_dir.iterdir()}
+  assert {name for name in names if not name.startswith('events.out.tfevents.')} == {
+      'checkpoint', 'config.json', 'flags.json', 'log.txt', 'saved_model',
+      *(f'ckpt-{step}.{suffix}' for step in (2, 4) for suffix in ('index', 'data-00000-of-00001'))}
+  assert event_file_pids(model_dir) == set(chief_pids)
+  assert [path.name for path in (model_dir / 'saved_model').iterdir()] == ['4']
+  for scratch in scratch_dirs:  # the non-chief's TMPDIR: its scratch saves, then deleted
+    assert [path.name for path in scratch.rglob('*') if path.name.startswith('simclr_worker_')
+            or 'ckpt' in path.name] == []
+
+
+@pytest.mark.slow
+def test_two_workers_train_like_one_mirrored_process(tmp_path, processes, mirrored_run):
+  model_dir = tmp_path / 'model'  # the same path for both: on one machine, it is shared
+  scratch = [tmp_path / f'tmp{index}' for index in range(2)]
+  envs = [{'TF_CONFIG': json.dumps(config)} for config in tf_configs(2)]
+  start = time.monotonic()
+  workers = processes.workers('worker', COMMAND + FLAGS + [f'--model_dir={model_dir}'], envs,
+                              scratch)
+  processes.wait_ok(*workers)
+  print(f'two workers: {time.monotonic() - start:.0f} s')
+  for index, worker in enumerate(workers):
+    assert f'2 replicas (MultiWorkerMirroredStrategy, worker {index} of 2): CPU:0' in (
+        processes.log(worker))
+  assert_same_checkpoint(model_dir / 'ckpt-4', mirrored_run / 'ckpt-4')
+  assert_same_checkpoint(model_dir / 'ckpt-2', mirrored_run / 'ckpt-2')
+  assert_only_the_chief_wrote(model_dir, [workers[0].pid], scratch)
+
+
+def wait_for_checkpoint(model_dir, step, workers, processes):
+  """Polls until model_dir's state file names ckpt-<step>; fails if a worker exits first."""
+  state = model_dir / 'checkpoint'
+  deadline = time.monotonic() + TIMEOUT
+  while not (state.exists() and f'ckpt-{step}"' in state.read_text(errors='replace')):
+    for worker in workers:
+      if worker.poll() is not None:
+        pytest.fail(f'{worker.name} exited with {worker.returncode} before ckpt-{step}\n'
+                    f'{processes.log(worker)[-3000:]}')
+    assert time.monotonic() < deadline, f'no ckpt-{step} within {TIMEOUT} s'
+    time.sleep(0.05)
+
+
+def error_lines(text):
+  return [line for line in text.splitlines() if line.startswith('error:')]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('killed', [0, 1], ids=['chief_killed', 'worker_killed'])
+def test_a_killed_worker_stops_the_other_and_both_resume(tmp_path, processes, mirrored_run,
+                                                         killed):
+  model_dir = tmp_path / 'model'
+  argv = COMMAND + FLAGS + [f'--model_dir={model_dir}']
+  configs = tf_configs(2)
+  first = processes.workers('first', argv, [{'TF_CONFIG': json.dumps(c)} for c in configs],
+                            [tmp_path / f'tmp{index}' for index in range(2)])
+  wait_for_checkpoint(model_dir, 2, first, processes)
+  os.kill(first[killed].pid, signal.SIGKILL)
+  killed_at = time.monotonic()
+  first[killed].wait(timeout=TIMEOUT)  # reaped, as a shell would: a zombie still holds its pid
+  survivor = first[1 - killed]
+  code = processes.wait(survivor, timeout=LOST_WORKER_SECONDS)
+  seconds = time.monotonic() - killed_at
+  print(f'worker {1 - killed} stopped {seconds:.1f} s after worker {killed} was killed')
+  log = processes.log(survivor)
+  address = configs[killed]['cluster']['worker'][killed]
+  assert code == 1, log[-3000:]
+  assert error_lines(log) == [line for line in error_lines(log)
+                              if line.startswith(f'error: lost worker {killed} ({address}): ')]
+  assert len(error_lines(log)) == 1 and 'Traceback' not in log, log[-3000:]
+  assert not (model_dir / 'ckpt-4.index').exists()
+
+  # Both again, on new ports: they resume from ckpt-2 and end with the uninterrupted weights.
+  scratch = [tmp_path / f'again{index}' for index in range(2)]
+  second = processes.workers('second', argv,
+                             [{'TF_CONFIG': json.dumps(c)} for c in tf_configs(2)], scratch)
+  processes.wait_ok(*second)
+  assert f'Resumed from {model_dir / "ckpt-2"}' in (model_dir / 'log.txt').read_text()
+  assert_same_checkpoint(model_dir / 'ckpt-4', mirrored_run / 'ckpt-4')
+  assert not (model_dir / 'writer.lock').exists()
+  if killed == 1:  # the surviving chief tidied up; the restarted non-chief wrote nothing
+    assert_only_the_chief_wrote(model_dir, [first[0].pid, second[0].pid], scratch)
+
+
+@pytest.mark.slow
+def test_a_slurm_job_step_trains_through_the_command(tmp_path, processes, mirrored_run):
+  model_dir = tmp_path / 'model'
+  base = consecutive_free_ports(2)[0]
+  step = {'SLURM_JOB_ID': '4242', 'SLURM_STEP_ID': '0', 'SLURM_STEP_NUM_TASKS': '2',
+          'SLURM_STEP_NODELIST': 'localhost', 'SLURM_STEP_TASKS_PER_NODE': '2',
+          'SLURM_STEP_RESV_PORTS': f'{base}-{base + 1}', 'CUDA_VISIBLE_DEVICES': ''}
+  scratch = [tmp_path / f'tmp{index}' for index in range(2)]
+  workers = processes.workers('task', COMMAND + FLAGS + [f'--model_dir={model_dir}'],
+                              [{**step, 'SLURM_PROCID': str(rank)} for rank in range(2)],
+                              scratch)
+  processes.wait_ok(*workers)
+  for rank, worker in enumerate(workers):
+    assert f'2 replicas (MultiWorkerMirroredStrategy, worker {rank} of 2)' in (
+        processes.log(worker))
+  assert_same_checkpoint(model_dir / 'ckpt-4', mirrored_run / 'ckpt-4')
+  assert_only_the_chief_wrote(model_dir, [workers[0].pid], scratch)
+
+
+def test_workers_with_different_flags_stop_with_one_line_each(tmp_path, processes):
+  model_dir = tmp_path / 'model'
+  argv = COMMAND + FLAGS + [f'--model_dir={model_dir}']
+  workers = [processes.start(f'worker{index}', argv + extra,
+                             {'TF_CONFIG': json.dumps(config)})
+             for index, (config, extra) in enumerate(zip(
+                 tf_configs(2), [[], ['--train_batch_size=32', '--resnet_depth=34']]))]
+  for worker in workers:
+    code = processes.wait(worker)
+    log = processes.log(worker)
+    assert code == 1, log
+    assert error_lines(log) == [
+        'error: the workers were started with different settings: --resnet_depth, '
+        "--train_batch_size of worker 1 differ from worker 0's; start every worker with the "
+        'same flags'], log
+  assert not model_dir.exists()
+
+
+def _busy_port_config():
+  listener = socket.socket()
+  listener.bind(('127.0.0.1', 0))
+  listener.listen()
+  port = listener.getsockname()[1]
+  return listener, {'cluster': {'worker': [f'127.0.0.1:{port}', '127.0.0.1:1']},
+                    'task': {'type': 'worker', 'index': 0}}, port
+
+
+TWO_WORKERS = {'worker': ['127.0.0.1:1', '127.0.0.1:2']}
+
+
+@pytest.mark.parametrize('tf_config,flags,expected', [
+    ('{"cluster": ', [], 'error: TF_CONFIG is not JSON ('),
+    (json.dumps({'task': {'type': 'worker', 'index': 0}}), [], 'error: TF_CONFIG has no "cluster"'),
+    (json.dumps({'cluster': TWO_WORKERS, 'task': {'type': 'worker', 'index': 2}}), [],
+     'error: TF_CONFIG: task index 2 is out of range: the cluster has 2 worker task(s)'),
+    (json.dumps({'cluster': TWO_WORKERS}), [], 'error: TF_CONFIG: task type None is not in'),
+    (json.dumps({'cluster': {'worker': ['127.0.0.1']}, 'task': {'type': 'worker', 'index': 0}}),
+     [], "error: TF_CONFIG: worker address '127.0.0.1' is not \"host:port\""),
+    (json.dumps({'cluster': TWO_WORKERS, 'task': {'type': 'worker', 'index': 1}}),
+     ['--use_tpu=true'], 'error: --use_tpu=true with a TF_CONFIG cluster of 2 tasks'),
+    ('busy port', [], 'error: port {port} of worker 0 (127.0.0.1:{port}) is already in use'),
+], ids=['not_json', 'no_cluster', 'index_out_of_range', 'no_task', 'no_port', 'tpu_and_tf_config',
+        'busy_port'])
+def test_a_bad_cluster_is_one_line_before_anything_is_written(tmp_path, monkeypatch, capsys,
+                                                              tf_config, flags, expected):
+  listener = None
+  if tf_config == 'busy port':
+    listener, config, port = _busy_port_config()
+    tf_config, expected = json.dumps(config), expected.format(port=port)
+  monkeypatch.setenv('TF_CONFIG', tf_config)
+  model_dir = tmp_path / 'model'
+  try:
+    code = run_command.run_in_process(['simclr-tf2', *FLAGS, f'--model_dir={model_dir}', *flags])
+  finally:
+    if listener:
+      listener.close()
+  err = capsys.readouterr().err
+  assert code == 1
+  assert len(err.splitlines()) == 1 and err.startswith(expected), err
+  assert not model_dir.exists()
+
+
+def test_no_tpu_is_one_line_naming_where_the_command_looked(tmp_path):
+  result = subprocess.run(
+      COMMAND + ['--dataset=digits', '--use_tpu=true', '--tpu_name=no-such-tpu-here',
+                 f'--model_dir={tmp_path / "model"}'],
+      capture_output=True, text=True, timeout=TIMEOUT, check=False,
+      env={**{k: v for k, v in os.environ.items() if k != 'TF_CONFIG'}, **CLEAN_ENV})
+  assert result.returncode == 1
+  lines = result.stderr.splitlines()
+  assert len(lines) == 1 and lines[0].startswith(
+      'error: no TPU reachable at --tpu_name=no-such-tpu-here ('), result.stderr
+  assert '--use_tpu=false' in lines[0]
+  assert not (tmp_path / 'model').exists()
+
+
+@pytest.mark.parametrize('tool', ['embed', 'demo'])
+@pytest.mark.parametrize('cluster', ['tf_config', 'slurm'])
+def test_one_process_tools_refuse_a_cluster_in_one_line(tmp_path, monkeypatch, capsys, tool,
+                                                        cluster):
+  # pylint: disable=import-outside-toplevel
+  from simclr_tf2 import command, demo, embed
+  if cluster == 'tf_config':
+    monkeypatch.setenv('TF_CONFIG', json.dumps({'cluster': TWO_WORKERS,
+                                                'task': {'type': 'worker', 'index': 0}}))
+  else:
+    for name, value in {'SLURM_JOB_ID': '7', 'SLURM_PROCID': '0', 'SLURM_STEP_NUM_TASKS': '2',
+                        'SLURM_STEP_NODELIST': 'localhost',
+                        'SLURM_STEP_TASKS_PER_NODE': '2'}.items():
+      monkeypatch.setenv(name, value)
+  out = tmp_path / 'out'
+  if tool == 'embed':
+    code = embed.run(['simclr-tf2-embed', f'--source={tmp_path}', '--dataset=digits',
+                      f'--output_dir={out}', '--use_tpu=false'])
+  else:
+    code = command.run(demo.define_flags, demo.main, ['demo', f'--model_dir={out}'])
+  err = capsys.readouterr().err
+  assert code == 1
+  assert len(err.splitlines()) == 1 and 'runs in one process, not on a cluster' in err, err
+  assert not out.exists()
