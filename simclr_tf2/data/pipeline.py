@@ -11,6 +11,7 @@ import random
 
 import tensorflow as tf
 
+from simclr_tf2.architecture import CIFAR_MAX_IMAGE_SIZE
 from simclr_tf2.config import CROP_MIN_AREA, Config, check_range
 from simclr_tf2.data import augment
 from simclr_tf2.data.sources import TfdsSource
@@ -114,7 +115,7 @@ def build_input_fn(source, global_batch_size, is_training, *, split, train_mode,
   if start_step < 0:
     raise ValueError(f'start_step={start_step} must be >= 0')
   two_views = is_training and train_mode == 'pretrain'
-  test_crop = image_size > 32
+  test_crop = image_size > CIFAR_MAX_IMAGE_SIZE
   num_classes = source.num_classes
 
   def view(image, strength, view_seed):
@@ -137,7 +138,7 @@ def build_input_fn(source, global_batch_size, is_training, *, split, train_mode,
     logger.info('%s input: global batch %d, per-replica batch %d, %d input pipeline(s)',
                 'training' if is_training else 'eval', global_batch_size,
                 per_replica_batch_size, input_context.num_input_pipelines)
-    buffer_multiplier = 50 if image_size <= 32 else 10
+    buffer_multiplier = 50 if image_size <= CIFAR_MAX_IMAGE_SIZE else 10
     # Examples this pipeline fed before `start_step`: each step takes one per-replica batch for
     # each of the replicas it feeds.
     start = start_step * global_batch_size // input_context.num_input_pipelines

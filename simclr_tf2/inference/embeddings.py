@@ -15,6 +15,8 @@ from typing import List, NamedTuple, Optional
 
 import numpy as np
 
+from simclr_tf2.architecture import CIFAR_MAX_IMAGE_SIZE
+
 
 DEFAULT_ENDPOINT = 'final_avg_pool'
 EMBEDDINGS_FILE = 'embeddings.npy'
@@ -45,7 +47,7 @@ def _count(source, split, max_examples):
 
 def eval_images(source, split: str, image_size: int, max_examples: Optional[int] = None):
   """Unshuffled (image float32 [s, s, 3] in [0, 1], label) pairs with the eval preprocessing of
-  training (centre crop above 32 px, like data.pipeline.build_input_fn)."""
+  training (centre crop above the CIFAR size, like data.pipeline.build_input_fn)."""
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
   from simclr_tf2.data import augment  # pylint: disable=import-outside-toplevel
   dataset = source.as_dataset(split, shuffle_files=False)
@@ -53,7 +55,7 @@ def eval_images(source, split: str, image_size: int, max_examples: Optional[int]
     dataset = dataset.take(max_examples)
   return dataset.map(
       lambda image, label: (augment.preprocess_image(image, image_size, image_size, False,
-                                                     test_crop=image_size > 32), label),
+                                                     test_crop=image_size > CIFAR_MAX_IMAGE_SIZE), label),
       num_parallel_calls=tf.data.AUTOTUNE)
 
 

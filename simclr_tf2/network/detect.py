@@ -10,7 +10,8 @@ import re
 from typing import Dict, Mapping, Sequence
 
 from simclr_tf2.architecture import (BLOCK_COUNTS, BOTTLENECK_MIN_DEPTH, MODEL_PREFIX,
-                                     SK_MIN_DIM, SLOT_MARKER, STEM_PATH, VALUE_SUFFIX)
+                                     CIFAR_MAX_IMAGE_SIZE, SK_MIN_DIM, SLOT_MARKER, STEM_PATH,
+                                     VALUE_SUFFIX)
 
 PAPER_SK_RATIO = 0.0625  # reported when the SK width sits at its minimum and hides the ratio
 
@@ -116,7 +117,7 @@ def detect_architecture(shapes: Mapping[str, Sequence[int]]) -> dict:
       'sk_ratio': sk_ratio,
       'se_ratio': se_ratio,
       'cifar_stem': cifar_stem,
-      'image_size': 32 if cifar_stem else 224,
+      'image_size': CIFAR_MAX_IMAGE_SIZE if cifar_stem else 224,
       # `linear` and a 1-layer `nonlinear` head have identical keys and forward pass.
       'proj_head_mode': 'nonlinear' if proj_kernels else 'none',
       'num_proj_layers': len(proj_kernels),
