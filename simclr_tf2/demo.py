@@ -15,6 +15,7 @@ from absl import flags
 from simclr_tf2 import command, console, recipes
 from simclr_tf2 import flags as config_flags
 from simclr_tf2.config import PRECISIONS
+from simclr_tf2.errors import ConfigError
 
 DEFAULT_MODEL_DIR = '/tmp/simclr_tf2_digits_demo'
 
@@ -41,12 +42,20 @@ def run_demo(model_dir=DEFAULT_MODEL_DIR, pretrain_epochs=None, linear_eval_epoc
   from simclr_tf2.training.runner import run  # pylint: disable=import-outside-toplevel
   from simclr_tf2.training.trainer import default_callbacks  # pylint: disable=import-outside-toplevel
   from simclr_tf2.training.callbacks import ProgressBar  # pylint: disable=import-outside-toplevel
+  from simclr_tf2.training.run_settings import describe_changes, settings_changes  # pylint: disable=import-outside-toplevel
   pretrain = recipe('digits_demo.cfg', model_dir=os.path.join(model_dir, 'pretrain'),
                     precision=precision, **_epochs(pretrain_epochs))
   linear_eval = recipe('digits_demo.cfg', 'digits_demo_linear_eval.cfg',
                        checkpoint=pretrain.model_dir,
                        model_dir=os.path.join(model_dir, 'linear_eval_pretrained'),
                        precision=precision, **_epochs(linear_eval_epochs))
+  for config in (pretrain, linear_eval):  # results of other settings are never reported
+    changes = settings_changes(config, config.model_dir)
+    if changes:
+      raise ConfigError(
+          f'{config.model_dir} was made by a demo with other settings '
+          f'({describe_changes(changes)}); use another --model_dir, or delete {model_dir} to '
+          'start again')
   strategy = strategy or build_strategy(pretrain)
   progress_bar = console.is_quiet()
   for config, title in ((pretrain, 'pretrain'), (linear_eval, 'linear eval')):

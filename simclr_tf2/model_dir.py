@@ -27,6 +27,9 @@ logger = logging.getLogger(__name__)
 LOCK_FILE_NAME = 'writer.lock'
 STATE_FILE_NAME = 'checkpoint'  # TensorFlow's checkpoint state file
 SAVED_MODEL_SUBDIR = 'saved_model'  # a run's exports: model_dir/saved_model/<global step>
+RUN_CONFIG_FILE = 'config.json'  # every setting of the run (Config.to_dict)
+FLAGS_FILE = 'flags.json'  # the command line's flags, like the reference's
+SETTINGS_HISTORY_FILE = 'settings_history.jsonl'  # settings changed on resume, one line each
 
 # Leftovers of an interrupted save or export (the writers' temporary names):
 #   ckpt-N_temp/                TF's sharded checkpoint save, before merging into ckpt-N.*

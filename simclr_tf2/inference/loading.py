@@ -23,9 +23,9 @@ from simclr_tf2.architecture import DETECTED_FLAGS
 from simclr_tf2.network.checkpoint import CheckpointError, read_shapes, resolve_checkpoint
 from simclr_tf2.network.checkpoint import restore_for_evaluation, restore_initial_weights
 from simclr_tf2.config import Config
+from simclr_tf2.model_dir import RUN_CONFIG_FILE
 from simclr_tf2.network.model import build_model
 
-RUN_CONFIG_FILE = 'config.json'  # written by train.py into every model_dir
 SAVED_MODEL_FILE = 'saved_model.pb'
 GLOBAL_STEP_KEY = 'global_step/.ATTRIBUTES/VARIABLE_VALUE'
 

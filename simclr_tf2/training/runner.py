@@ -12,7 +12,7 @@ import contextlib
 import dataclasses
 import logging
 import os
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Tuple
 
 import tensorflow as tf
 import tf_keras as keras
@@ -23,9 +23,10 @@ from simclr_tf2.config import Config
 from simclr_tf2.data import corrupt_image_errors, distributed_dataset, get_source
 from simclr_tf2.distribute import build_strategy, is_chief
 from simclr_tf2.errors import ConfigError
-from simclr_tf2.model_dir import write_json
+from simclr_tf2.model_dir import FLAGS_FILE, write_json
 from simclr_tf2.network import checkpoint as ckpt_lib
 from simclr_tf2.training.callbacks import Callback
+from simclr_tf2.training.run_settings import Changes, check_resumable, record_settings
 from simclr_tf2.training.evaluator import Evaluator, export_model
 from simclr_tf2.training.task import SimCLRTask
 from simclr_tf2.training.trainer import Trainer, default_callbacks
@@ -43,12 +44,14 @@ class RunResult:
   saved_model: Optional[str] = None
 
 
-def check_before_writing(config: Config, source, strategy: tf.distribute.Strategy) -> int:
-  """Everything knowable before anything is written; returns the number of training examples.
+def check_before_writing(config: Config, source, strategy: tf.distribute.Strategy
+                         ) -> Tuple[int, Changes]:
+  """Everything knowable before anything is written: returns the number of training examples
+  and the settings a resumed run changes (run_settings.check_resumable).
 
   The splits the mode uses exist and are non-empty, both batch sizes divide among the
   replicas, model_dir is (or can become) a writable directory, its checkpoint state file parses,
-  and a `--checkpoint` to start from exists.
+  a resumed run keeps its model settings, and a `--checkpoint` to start from exists.
   """
   if not config.model_dir:
     raise ConfigError('--model_dir is required')
@@ -69,9 +72,11 @@ def check_before_writing(config: Config, source, strategy: tf.distribute.Strateg
   state = model_dir_lib.read_checkpoint_state(config.model_dir)
   if state is None and config.checkpoint and config.mode != 'eval':
     ckpt_lib.resolve_checkpoint(config.checkpoint)
+  changes = {}
   if state is not None and config.mode != 'eval':
     ckpt_lib.check_optimizer_matches(state.latest, config.optimizer)
-  return num_train_examples
+    changes = check_resumable(config, config.model_dir)
+  return num_train_examples, changes
 
 
 def build_evaluator(config: Config, source, task: SimCLRTask, export: bool = True,
@@ -107,15 +112,6 @@ def writing_model_dir(config: Config, strategy: tf.distribute.Strategy):
     raise
 
 
-def write_run_settings(config: Config, strategy, flag_values: Optional[dict]) -> None:
-  """flags.json (the command line) and config.json (every setting) on the chief."""
-  if not is_chief(strategy):
-    return
-  if flag_values is not None:
-    write_json(os.path.join(config.model_dir, 'flags.json'), flag_values)
-  write_json(os.path.join(config.model_dir, 'config.json'), config.to_dict())
-
-
 @corrupt_image_errors()
 def run(config: Config, strategy: Optional[tf.distribute.Strategy] = None,
         callbacks: Optional[Sequence[Callback]] = None,
@@ -141,7 +137,7 @@ def run(config: Config, strategy: Optional[tf.distribute.Strategy] = None,
     keras.utils.set_random_seed(config.seed)
   source = get_source(config.dataset, config.data_dir, config.skip_corrupt_images,
                       config.image_size)
-  num_train_examples = check_before_writing(config, source, strategy)
+  num_train_examples, changes = check_before_writing(config, source, strategy)
   task = SimCLRTask(config, source.num_classes, strategy)
   if config.mode == 'eval':
     return _evaluate_run(config, source, task, flag_values, log_file, eval_progress_bar, export)
@@ -161,7 +157,8 @@ def run(config: Config, strategy: Optional[tf.distribute.Strategy] = None,
     trainer.restore()  # before writing anything: a checkpoint that does not fit is an error
     if log_file and is_chief(strategy):
       console.setup_log_file(os.path.join(config.model_dir, console.LOG_FILE_NAME))
-    write_run_settings(config, strategy, flag_values)
+    if is_chief(strategy):
+      record_settings(config, flag_values, changes, trainer.step)
     dataset = distributed_dataset(config, source, strategy, is_training=True,
                                   start_step=trainer.step)
     result.checkpoint = trainer.fit(dataset, train_steps, steps_per_loop)
@@ -180,7 +177,7 @@ def _evaluate_run(config, source, task, flag_values, log_file, progress_bar, exp
     raise ValueError('mode=eval needs a supervised head: use train_mode=finetune or '
                      '--lineareval_while_pretraining=true')
   if flag_values is not None:
-    write_json(os.path.join(config.model_dir, 'eval_flags.json'), flag_values)
+    write_json(os.path.join(config.model_dir, 'eval_' + FLAGS_FILE), flag_values)
   if log_file:
     console.setup_log_file(os.path.join(config.model_dir, EVAL_SUBDIR, console.LOG_FILE_NAME))
   evaluator = build_evaluator(config, source, task, export,

@@ -9,6 +9,7 @@ import contextlib
 import glob
 import io
 import json
+import logging
 import math
 import os
 import re
@@ -508,3 +509,39 @@ def test_non_finite_loss_stops_training_without_saving_it(tmp_path):
   [(step, loss)] = scalars(events, 'train/total_loss')
   assert step == 1 and math.isfinite(loss)
   assert not os.path.exists(os.path.join(model_dir, 'saved_model'))
+
+
+# --- 7. resuming with other settings ----------------------------------------------------------
+
+def test_resume_refuses_model_changes_and_records_other_changes(tmp_path, caplog):
+  model_dir = tmp_path / 'run'
+  args = TINY + ['--mode=train', '--train_steps=2', f'--model_dir={model_dir}']
+  code, _, err = run_main(args)
+  assert code == 0, err
+  config_before = (model_dir / 'config.json').read_bytes()
+  files_before = sorted(p.name for p in model_dir.iterdir())
+
+  # A model change: refused before anything is written, the differences named.
+  code, _, err = run_main(args[:1] + ['--resnet_depth=34'] + args[2:])
+  assert code == 1
+  line = error_line(err)
+  assert "resnet_depth 18 -> 34" in line and 'new --model_dir' in line
+  assert (model_dir / 'config.json').read_bytes() == config_before
+  assert sorted(p.name for p in model_dir.iterdir()) == files_before
+
+  # Other changes: one warning line, kept in the settings history, then config.json.
+  with caplog.at_level(logging.WARNING):
+    code, _, err = run_main(args[:-2] + ['--train_steps=3', '--learning_rate=0.5',
+                                         f'--model_dir={model_dir}'])
+  assert code == 0, err
+  assert [record.getMessage() for record in caplog.records if 'changed settings' in
+          record.getMessage()] == [
+              'Resuming at step 2 with changed settings: learning_rate 0.3 -> 0.5, train_steps '
+              '2 -> 3 (kept in settings_history.jsonl).']
+  history = [json.loads(line) for line in
+             (model_dir / 'settings_history.jsonl').read_text().splitlines()]
+  assert len(history) == 1 and history[0]['global_step'] == 2
+  assert history[0]['changes'] == {'learning_rate': {'from': 0.3, 'to': 0.5},
+                                   'train_steps': {'from': 2, 'to': 3}}
+  assert read_json(model_dir / 'config.json')['train_steps'] == 3
+  assert checkpoint_steps(str(model_dir))[-1] == 3

@@ -5,6 +5,7 @@ Expected flag lists are written out by hand from the files the tests create (or 
 files as they read in flags/), not produced by the code under test.
 """
 
+import json
 import pathlib
 
 import pytest
@@ -169,3 +170,17 @@ def test_conversion_cli_accepts_a_recipe_name(elsewhere, capsys):
   assert capsys.readouterr().err.startswith('error: flagfile not found: nope ')
 
 
+
+
+def test_demo_refuses_a_folder_made_with_other_settings(tmp_path):
+  """The demo never reports results of runs made with other settings than it was given."""
+  from simclr_tf2 import demo  # pylint: disable=import-outside-toplevel
+  from simclr_tf2.errors import ConfigError  # pylint: disable=import-outside-toplevel
+  earlier = demo.recipe('digits_demo.cfg', train_epochs=3,
+                        model_dir=str(tmp_path / 'pretrain'))
+  (tmp_path / 'pretrain').mkdir()
+  (tmp_path / 'pretrain' / 'config.json').write_text(json.dumps(earlier.to_dict()))
+  with pytest.raises(ConfigError, match=r"pretrain was made by a demo with other settings "
+                     r"\(train_epochs 3 -> 4\)"):
+    demo.run_demo(str(tmp_path), pretrain_epochs=4)
+  assert sorted(p.name for p in tmp_path.iterdir()) == ['pretrain']
