@@ -4,16 +4,19 @@ Mapping and padding rules: docs/architecture-notes.md, "PyTorch conversion".
 Kn: defect numbers of the official code, listed in docs/differences.md.
 
   python -m checkpoints_conversion.convert_to_pytorch \
-      (--checkpoint=MODEL_DIR_OR_PREFIX | --saved_model=EXPORT_DIR) --output=FILE.pth|.safetensors \
-      [--torchvision]
+      (--checkpoint=MODEL_DIR_PREFIX_OR_SAVED_MODEL | --saved_model=EXPORT_DIR) \
+      --output=FILE.pth|.safetensors [--torchvision] [--ft_proj_selector=N]
 
-The architecture is detected from the variable shapes; the result loads into
+The architecture is detected from the variable shapes, except the supervised head's input
+(--ft_proj_selector), which shapes may not decide: it comes from the flag, else the run's
+config.json (a model_dir, or a checkpoint or export inside one). The result loads into
 `checkpoints_conversion.torch_resnet.SimCLRTorch(**architecture)` (printed on success), or with
 --torchvision into torchvision's resnet50/101/152 (plain ResNets only). SavedModels exported by
 this project and the official pre-converted TF2 SavedModels are both accepted (K32). Nothing is
 written on any error.
 """
 
+import logging
 import os
 import time
 from typing import Dict
@@ -23,16 +26,20 @@ import numpy as np
 
 from checkpoints_conversion import cli
 from simclr_tf2 import console
-from simclr_tf2.network.detect import detect_architecture
+from simclr_tf2.network.detect import detect_architecture, ft_proj_selector_candidates
 
 
 def define_flags(flag_values):
-  flags.DEFINE_string('checkpoint', None, 'Training checkpoint prefix or directory (newest).',
-                      flag_values=flag_values)
-  flags.DEFINE_string('saved_model', None, 'SavedModel directory (this project or official TF2).',
-                      flag_values=flag_values)
+  flags.DEFINE_string('checkpoint', None, 'Training checkpoint prefix, directory (newest) or '
+                      'SavedModel directory.', flag_values=flag_values)
+  flags.DEFINE_string('saved_model', None, 'SavedModel directory (this project or official TF2); '
+                      'same as --checkpoint.', flag_values=flag_values)
   flags.DEFINE_string('output', None, 'File to write: .pth (torch.save) or .safetensors.',
                       flag_values=flag_values)
+  flags.DEFINE_integer('ft_proj_selector', None, 'Input of the supervised head when the shapes '
+                       'cannot tell (0: encoder, 1: first projection layer, ...); default: the '
+                       'run\'s config.json when the source is in a model_dir, else 0 with a '
+                       'warning.', flag_values=flag_values)
   flags.DEFINE_bool('torchvision', False, 'Write torchvision resnet50/101/152 keys (plain ResNet '
                     'only; the projection head is dropped, a supervised head becomes `fc`).',
                     flag_values=flag_values)
@@ -48,6 +55,26 @@ def read_values(checkpoint: str = None, saved_model: str = None) -> Dict[str, np
   if saved_model:
     return read_saved_model_variables(saved_model)
   return read_model_values(resolve_checkpoint(checkpoint))
+
+
+def head_input(given, source: str, values, detected: int) -> int:
+  """ft_proj_selector: the flag, else the run's config.json, else the shapes (with a warning
+  when they fit several values; see inference.loading.config_for_checkpoint)."""
+  # pylint: disable=import-outside-toplevel
+  from simclr_tf2.config import Config
+  from simclr_tf2.inference.loading import run_config_path
+  if given is not None:
+    return given
+  run_config = run_config_path(source)
+  if run_config:
+    return Config.from_json(run_config).ft_proj_selector
+  candidates = ft_proj_selector_candidates({key: value.shape for key, value in values.items()})
+  if len(candidates) > 1:
+    logging.warning('%s: ft_proj_selector cannot be told from the shapes (%s fit): using %d; if '
+                    'the supervised head was trained on another layer its logits_sup would be '
+                    'wrong, so pass --ft_proj_selector or the model_dir with its config.json',
+                    source, ', '.join(map(str, candidates)), detected)
+  return detected
 
 
 def torch_conversion():
@@ -72,6 +99,8 @@ def convert(flag_values) -> Dict:
   console.print_header(f'simclr-convert-to-pytorch: {source} -> PyTorch', 'CPU', output)
   values = read_values(flag_values.checkpoint, flag_values.saved_model)
   architecture = detect_architecture({key: value.shape for key, value in values.items()})
+  architecture['ft_proj_selector'] = head_input(flag_values.ft_proj_selector, source, values,
+                                                architecture['ft_proj_selector'])
   state_dict = tf_to_torch.checkpoint_to_state_dict(values, architecture)
   if flag_values.torchvision:
     state_dict = tf_to_torch.to_torchvision_resnet_state_dict(state_dict)
