@@ -328,3 +328,78 @@ def test_unsupported_sources_get_one_line_errors(kind, tmp_path, capsys):
                                   f'--checkpoint={source}', f'--model_dir={output}'])
   assert code == 1 and expected in err
   assert not output.exists()
+
+
+# --- ft_proj_selector: from the run's config.json, or said to be unknown ---------------------------
+
+@pytest.fixture(scope='module')
+def selector_run(tmp_path_factory):
+  """A run fine-tuned from the first projection layer (the SimCLRv2 1%/10% setting): its head
+  has the encoder's width, like a head on the encoder itself."""
+  model_dir = str(tmp_path_factory.mktemp('selector') / 'ft1')
+  code, _, err = run_main(TINY + ['--mode=train', '--train_mode=finetune', '--resnet_depth=18',
+                                  '--ft_proj_selector=1', '--train_steps=2',
+                                  f'--model_dir={model_dir}'])
+  assert code == 0, err
+  return model_dir
+
+
+def _logits(model, x):
+  return tf.function(lambda x: model.call_with_endpoints(x, training=False))(x)['logits_sup'].numpy()
+
+
+def _without_run_config(model_dir, directory):
+  """The run's last checkpoint copied alone (no config.json): only the shapes are left."""
+  os.makedirs(directory)
+  for name in os.listdir(model_dir):
+    if name.startswith('ckpt-2.'):
+      shutil.copy(os.path.join(model_dir, name), directory)
+  return os.path.join(directory, 'ckpt-2')
+
+
+def test_export_and_conversion_keep_ft_proj_selector(selector_run, tmp_path, capsys, caplog):
+  x = images(SIZE)
+  run_model = load_model(selector_run)  # the run's config.json: ft_proj_selector=1
+  assert run_model.config.ft_proj_selector == 1
+  expected = _logits(run_model.model, x)
+  bare = _without_run_config(selector_run, str(tmp_path / 'bare'))
+  guessed = load_model(bare)  # shapes fit 0, 1 and 2: 0 is used, and a warning says so
+  assert guessed.config.ft_proj_selector == 0
+  assert 'ft_proj_selector cannot be told from the shapes (0, 1, 2 fit)' in caplog.text
+  wrong = _logits(guessed.model, x)
+  assert np.max(np.abs(wrong - expected)) > 1e-3  # the selector matters for these weights
+  tolerance = 1e-6 * max(1., float(np.max(np.abs(expected))))
+
+  for source in (selector_run, os.path.join(selector_run, 'ckpt-2')):
+    export_dir = str(tmp_path / 'export')
+    code, _, err = run_cli(export_cli, capsys, f'--checkpoint={source}', f'--export_dir={export_dir}')
+    assert code == 0, err
+    exported = tf.saved_model.load(export_dir)(x, trainable=False)['logits_sup'].numpy()
+    np.testing.assert_allclose(exported, expected, rtol=0, atol=tolerance)
+    output = str(tmp_path / 'weights.pth')
+    code, out, err = run_cli(convert_to_pytorch, capsys, f'--checkpoint={source}',
+                             f'--output={output}')
+    assert code == 0, err
+    architecture = printed_architecture(out)
+    assert architecture['ft_proj_selector'] == 1
+    converted = torch_endpoints(read_output(output), architecture, x)['logits_sup'].numpy()
+    np.testing.assert_allclose(converted, expected, rtol=0, atol=1e-4 * max(1., np.max(np.abs(expected))))
+
+  # Without config.json the flag decides; without the flag the tools say they cannot tell.
+  caplog.clear()
+  code, out, err = run_cli(convert_to_pytorch, capsys, f'--checkpoint={bare}',
+                           f'--output={tmp_path / "guess.pth"}')
+  assert code == 0, err
+  assert printed_architecture(out)['ft_proj_selector'] == 0
+  assert 'ft_proj_selector cannot be told from the shapes' in caplog.text
+  code, out, err = run_cli(convert_to_pytorch, capsys, f'--checkpoint={bare}', '--ft_proj_selector=1',
+                           f'--output={tmp_path / "given.pth"}')
+  assert code == 0, err
+  converted = torch_endpoints(read_output(str(tmp_path / 'given.pth')), printed_architecture(out),
+                              x)['logits_sup'].numpy()
+  np.testing.assert_allclose(converted, expected, rtol=0, atol=1e-4 * max(1., np.max(np.abs(expected))))
+  code, _, err = run_cli(export_cli, capsys, f'--checkpoint={bare}', '--ft_proj_selector=1',
+                         '--train_mode=finetune', f'--export_dir={tmp_path / "given_export"}')
+  assert code == 0, err
+  exported = tf.saved_model.load(str(tmp_path / 'given_export'))(x, trainable=False)
+  np.testing.assert_allclose(exported['logits_sup'].numpy(), expected, rtol=0, atol=tolerance)
