@@ -16,7 +16,6 @@ this project and the official pre-converted TF2 SavedModels are both accepted (K
 written on any error.
 """
 
-import logging
 import os
 import time
 from typing import Dict
@@ -26,7 +25,7 @@ import numpy as np
 
 from checkpoints_conversion import cli
 from simclr_tf2 import console
-from simclr_tf2.network.detect import detect_architecture, ft_proj_selector_candidates
+from simclr_tf2.network.detect import detect_architecture
 
 
 def define_flags(flag_values):
@@ -57,24 +56,21 @@ def read_values(checkpoint: str = None, saved_model: str = None) -> Dict[str, np
   return read_model_values(resolve_checkpoint(checkpoint))
 
 
-def head_input(given, source: str, values, detected: int) -> int:
-  """ft_proj_selector: the flag, else the run's config.json, else the shapes (with a warning
-  when they fit several values; see inference.loading.config_for_checkpoint)."""
+def head_input(given, source: str, shapes) -> int:
+  """ft_proj_selector: the flag, else the run's config.json, else what the shapes (and for a
+  SavedModel its own outputs) allow, with a warning when nothing decides
+  (inference.loading.config_for_checkpoint)."""
   # pylint: disable=import-outside-toplevel
   from simclr_tf2.config import Config
-  from simclr_tf2.inference.loading import run_config_path
+  from simclr_tf2.inference.loading import config_for_checkpoint, run_config_path
+  from simclr_tf2.network.checkpoint import resolve_checkpoint
   if given is not None:
     return given
   run_config = run_config_path(source)
   if run_config:
     return Config.from_json(run_config).ft_proj_selector
-  candidates = ft_proj_selector_candidates({key: value.shape for key, value in values.items()})
-  if len(candidates) > 1:
-    logging.warning('%s: ft_proj_selector cannot be told from the shapes (%s fit): using %d; if '
-                    'the supervised head was trained on another layer its logits_sup would be '
-                    'wrong, so pass --ft_proj_selector or the model_dir with its config.json',
-                    source, ', '.join(map(str, candidates)), detected)
-  return detected
+  config, _ = config_for_checkpoint(shapes, Config(), (), resolve_checkpoint(source))
+  return config.ft_proj_selector
 
 
 def torch_conversion():
@@ -99,8 +95,8 @@ def convert(flag_values) -> Dict:
   console.print_header(f'simclr-convert-to-pytorch: {source} -> PyTorch', 'CPU', output)
   values = read_values(flag_values.checkpoint, flag_values.saved_model)
   architecture = detect_architecture({key: value.shape for key, value in values.items()})
-  architecture['ft_proj_selector'] = head_input(flag_values.ft_proj_selector, source, values,
-                                                architecture['ft_proj_selector'])
+  architecture['ft_proj_selector'] = head_input(
+      flag_values.ft_proj_selector, source, {key: value.shape for key, value in values.items()})
   state_dict = tf_to_torch.checkpoint_to_state_dict(values, architecture)
   if flag_values.torchvision:
     state_dict = tf_to_torch.to_torchvision_resnet_state_dict(state_dict)

@@ -15,16 +15,18 @@ weights. Restores are strict: a file that does not fit the model is a one-line
 import contextlib
 import logging
 import os
-from typing import Dict, Iterable, NamedTuple, Optional, Tuple
+from typing import Dict, Iterable, NamedTuple, Optional, Sequence, Tuple
 
+import numpy as np
 import tensorflow as tf
 
-from simclr_tf2.architecture import DETECTED_FLAGS
+from simclr_tf2.architecture import CIFAR_MAX_IMAGE_SIZE, DETECTED_FLAGS
 from simclr_tf2.config import Config
 from simclr_tf2.model_dir import SAVED_MODEL_SUBDIR
 from simclr_tf2.network.checkpoint import (CheckpointError, describe_source, is_saved_model,
                                            read_shapes, resolve_checkpoint,
-                                           restore_for_evaluation, restore_initial_weights)
+                                           restore_for_evaluation, restore_initial_weights,
+                                           saved_model_object)
 from simclr_tf2.network.detect import detect_architecture, ft_proj_selector_candidates
 from simclr_tf2.network.model import build_model
 
@@ -48,9 +50,11 @@ def config_for_checkpoint(shapes: Dict, base: Config, given: Iterable[str], sour
 
   Architecture fields in `given` keep `base`'s value (a contradiction then shows as a strict-
   restore error, never a silent fix); the others are detected from the shapes. Unless given, the
-  model is built in pretrain mode with a linear-eval head exactly when the file has one. When the
-  shapes fit several `ft_proj_selector` values (hidden projection layers are as wide as the
-  encoder) and it is not given, the official default 0 is used and a one-line warning says so.
+  model is built in pretrain mode with a linear-eval head exactly when the file has one.
+  When the shapes fit several `ft_proj_selector` values (hidden projection layers are as wide as
+  the encoder) and it is not given: for a SavedModel `source` the one whose `logits_sup`
+  reproduce the SavedModel's own is taken; otherwise the official default 0 is used and a
+  one-line warning says so.
   """
   detected = detect_architecture(shapes)
   given = set(given)
@@ -59,15 +63,50 @@ def config_for_checkpoint(shapes: Dict, base: Config, given: Iterable[str], sour
     settings['train_mode'] = 'pretrain'
   if 'lineareval_while_pretraining' not in given:
     settings['lineareval_while_pretraining'] = detected['num_classes'] is not None
+  config = base.replace(**settings)
   if 'ft_proj_selector' not in given:
     candidates = ft_proj_selector_candidates(shapes)
     if len(candidates) > 1:
-      logging.warning(
-          '%sft_proj_selector cannot be told from the shapes (%s fit): using %d; if the '
-          'supervised head was trained on another layer its logits_sup would be wrong, so pass '
-          '--ft_proj_selector or the model_dir with its config.json', f'{source}: ' if source
-          else '', ', '.join(map(str, candidates)), detected['ft_proj_selector'])
-  return base.replace(**settings), detected['num_classes']
+      decided = (selector_from_outputs(source, config, detected['num_classes'], candidates)
+                 if is_saved_model(source) else None)
+      if decided is None:
+        logging.warning(
+            '%sft_proj_selector cannot be told from the shapes (%s fit): using %d; if the '
+            'supervised head was trained on another layer its logits_sup would be wrong, so '
+            'pass --ft_proj_selector or the model_dir with its config.json',
+            f'{source}: ' if source else '', ', '.join(map(str, candidates)),
+            config.ft_proj_selector)
+      else:
+        config = config.replace(ft_proj_selector=decided)
+  return config, detected['num_classes']
+
+
+def selector_from_outputs(path: str, config: Config, num_classes: int,
+                          candidates: Sequence[int]) -> Optional[int]:
+  """The one `ft_proj_selector` among `candidates` whose `logits_sup` reproduce the SavedModel's
+  own on a fixed random batch; None when not exactly one does (or it has no `logits_sup`)."""
+  loaded = saved_model_object(path)
+  size = CIFAR_MAX_IMAGE_SIZE if config.image_size <= CIFAR_MAX_IMAGE_SIZE else 64
+  images = tf.random.stateless_uniform([2, size, size, 3], seed=[25, 0])
+  try:
+    expected = loaded(images, trainable=False)
+  except (TypeError, ValueError, tf.errors.OpError):  # not callable like an export
+    return None
+  if 'logits_sup' not in expected:
+    return None
+  expected = expected['logits_sup'].numpy()
+  tolerance = 1e-4 * max(1., float(np.max(np.abs(expected))))
+  fits = []
+  for candidate in candidates:
+    model = build_model(num_classes, config.replace(ft_proj_selector=candidate)).create_variables()
+    restore_for_evaluation(model, path)
+    logits = model.call_with_endpoints(images, training=False)['logits_sup'].numpy()
+    if float(np.max(np.abs(logits - expected))) <= tolerance:
+      fits.append(candidate)
+  if len(fits) == 1:
+    logging.info('%s: ft_proj_selector=%d reproduces its logits_sup', path, fits[0])
+    return fits[0]
+  return None
 
 
 def run_config_path(source: str) -> Optional[str]:

@@ -452,19 +452,30 @@ def _stat_or_none(path):
   return tf.io.gfile.stat(path) if tf.io.gfile.exists(path) else None
 
 
-def saved_model_variables(path: str) -> Dict[str, tf.Variable]:
-  """loaded_variables of the SavedModel at `path`; the last one read is kept while its files are
-  unchanged, since a restore reads shapes first and values after."""
+def _read_saved_model(path: str):
+  """(loaded object, loaded_variables) of the SavedModel at `path`; the last one read is kept
+  while its files are unchanged, since a restore reads shapes first and values after."""
   path = path.rstrip('/')
   stamp = _stamp(path)
   cached = _loaded_cache.get(path)
   if cached is None or cached[0] != stamp:
     _loaded_cache.clear()
-    variables = loaded_variables(load_saved_model(path))
+    loaded = load_saved_model(path)
+    variables = loaded_variables(loaded)
     if not variables:
       raise CheckpointError(f'SavedModel {path} holds no variables under its `model`')
-    _loaded_cache[path] = (stamp, variables)
-  return _loaded_cache[path][1]
+    _loaded_cache[path] = (stamp, loaded, variables)
+  return _loaded_cache[path][1:]
+
+
+def saved_model_variables(path: str) -> Dict[str, tf.Variable]:
+  """loaded_variables of the SavedModel at `path` (read once while its files are unchanged)."""
+  return _read_saved_model(path)[1]
+
+
+def saved_model_object(path: str):
+  """The object tf.saved_model.load returns for `path` (read once while its files are unchanged)."""
+  return _read_saved_model(path)[0]
 
 
 def _assign_from_saved_model(root, prefix):

@@ -66,16 +66,21 @@ def _plausible_weights(model, seed=0):
 
 
 @functools.lru_cache(maxsize=None)
-def official_saved_model(arch: str, filled: bool, num_classes: int = NUM_CLASSES):
-  """(Keras model, export dir) of an official-format SavedModel, written once per session."""
+def official_saved_model(arch: str, filled: bool, num_classes: int = NUM_CLASSES,
+                         ft_proj_selector: int = 0):
+  """(Keras model, export dir) of an official-format SavedModel, written once per session; with
+  `ft_proj_selector` a fine-tuned model whose head reads that projection layer."""
   flags = {'r18': R18, 'r50_sk': R50_SK}[arch]
+  if ft_proj_selector:
+    flags = dict(flags, train_mode='finetune', ft_proj_selector=ft_proj_selector)
   model = build_model(num_classes, **flags, **REFERENCE_PARITY).create_variables()
   _plausible_weights(model)
   module = OfficialExport(model, model.trainable_variables if filled else [])
   spec = tf.TensorSpec([None, None, None, 3], tf.float32)
   for trainable in (True, False):
     module.__call__.get_concrete_function(spec, trainable)
-  directory = os.path.join(_ROOT, f'{arch}_{"filled" if filled else "empty"}_{num_classes}')
+  directory = os.path.join(
+      _ROOT, f'{arch}_{"filled" if filled else "empty"}_{num_classes}_{ft_proj_selector}')
   tf.saved_model.save(module, directory)
   return model, directory
 
@@ -403,3 +408,25 @@ def test_export_and_conversion_keep_ft_proj_selector(selector_run, tmp_path, cap
   assert code == 0, err
   exported = tf.saved_model.load(str(tmp_path / 'given_export'))(x, trainable=False)
   np.testing.assert_allclose(exported['logits_sup'].numpy(), expected, rtol=0, atol=tolerance)
+
+
+@pytest.mark.parametrize('filled', [True, False], ids=['filled', 'empty'])
+def test_saved_model_decides_ft_proj_selector_by_its_outputs(filled, tmp_path, capsys, caplog):
+  """A released-style fine-tuned SavedModel (head on the first projection layer): the shapes fit
+  0, 1 and 2, its own logits_sup fit only 1."""
+  _, directory = official_saved_model('r18', filled, ft_proj_selector=1)
+  x = images(SIZE)
+  expected = tf.saved_model.load(directory)(x, trainable=False)['logits_sup'].numpy()
+  scale = max(1., float(np.max(np.abs(expected))))
+  loaded = load_model(directory)
+  assert loaded.config.ft_proj_selector == 1
+  np.testing.assert_allclose(_logits(loaded.model, x), expected, rtol=0, atol=1e-6 * scale)
+  output = str(tmp_path / 'weights.pth')
+  code, out, err = run_cli(convert_to_pytorch, capsys, f'--saved_model={directory}',
+                           f'--output={output}')
+  assert code == 0, err
+  architecture = printed_architecture(out)
+  assert architecture['ft_proj_selector'] == 1
+  converted = torch_endpoints(read_output(output), architecture, x)['logits_sup'].numpy()
+  np.testing.assert_allclose(converted, expected, rtol=0, atol=1e-4 * scale)
+  assert 'cannot be told' not in caplog.text
