@@ -40,6 +40,9 @@ TINY = ['--dataset=digits', f'--image_size={SIZE}', '--train_batch_size=16',
         '--use_blur=false', '--seed=0']
 R18 = dict(resnet_depth=18, image_size=32)
 R50_SK = dict(resnet_depth=50, image_size=R50_SIZE, sk_ratio=0.0625)
+ARCH_FLAGS = {'r18': ['--resnet_depth=18'],
+              'r50_sk': ['--resnet_depth=50', f'--image_size={R50_SIZE}', '--sk_ratio=0.0625']}
+ARCHS = ['r18', pytest.param('r50_sk', marks=pytest.mark.slow)]
 _ROOT = tempfile.mkdtemp(prefix='simclr_official_sm_')
 atexit.register(shutil.rmtree, _ROOT, True)
 
@@ -134,7 +137,7 @@ def test_official_format_variables(filled):
 
 # --- load_model / eval ---------------------------------------------------------------------------
 
-@pytest.mark.parametrize('arch', ['r18', pytest.param('r50_sk', marks=pytest.mark.slow)])
+@pytest.mark.parametrize('arch', ARCHS)
 @pytest.mark.parametrize('filled', [True, False], ids=['filled', 'empty'])
 def test_load_model_reproduces_saved_model_outputs(arch, filled):
   model, directory = official_saved_model(arch, filled)
@@ -167,13 +170,15 @@ def test_given_flags_must_match_saved_model():
 
 # --- simclr-tf2 --checkpoint=<SavedModel> --------------------------------------------------------
 
+@pytest.mark.parametrize('arch', ARCHS)
 @pytest.mark.parametrize('filled', [True, False], ids=['filled', 'empty'])
-def test_finetune_starts_from_saved_model_weights(filled, tmp_path):
+def test_finetune_starts_from_saved_model_weights(arch, filled, tmp_path):
   """Full fine-tuning at learning rate 0: every trainable variable of the first checkpoint is the
   SavedModel's, bit for bit (supervised head included: same class count)."""
-  model, directory = official_saved_model('r18', filled)
+  model, directory = official_saved_model(arch, filled)
   model_dir = str(tmp_path / 'ft')
-  code, _, err = run_main(TINY + ['--mode=train', '--train_mode=finetune', '--resnet_depth=18',
+  code, _, err = run_main(TINY + ARCH_FLAGS[arch] + [
+                                  '--mode=train', '--train_mode=finetune',
                                   '--fine_tune_after_block=-1', '--learning_rate=0',
                                   '--weight_decay=0', '--train_steps=2',
                                   f'--checkpoint={directory}', f'--model_dir={model_dir}'])
@@ -189,14 +194,16 @@ def test_finetune_starts_from_saved_model_weights(filled, tmp_path):
   assert checked == len(model.trainable_variables) > 60
 
 
+@pytest.mark.parametrize('arch', ARCHS)
 @pytest.mark.parametrize('filled', [True, False], ids=['filled', 'empty'])
-def test_linear_eval_from_released_style_saved_model(filled, tmp_path, caplog):
+def test_linear_eval_from_released_style_saved_model(arch, filled, tmp_path, caplog):
   """The released models carry a 1000-class head: a linear evaluation on other classes keeps the
   encoder and its statistics exactly, starts a fresh head, and evaluates."""
-  model, directory = official_saved_model('r18', filled, num_classes=5)
+  model, directory = official_saved_model(arch, filled, num_classes=5)
   model_dir = str(tmp_path / 'lineval')
-  code, _, err = run_main(TINY + ['--mode=train_then_eval', '--train_mode=finetune',
-                                  '--resnet_depth=18', '--fine_tune_after_block=4',
+  code, _, err = run_main(TINY + ARCH_FLAGS[arch] + [
+                                  '--mode=train_then_eval', '--train_mode=finetune',
+                                  '--fine_tune_after_block=4',
                                   '--zero_init_logits_layer=true', '--train_steps=2',
                                   f'--checkpoint={directory}', f'--model_dir={model_dir}'])
   assert code == 0, err
@@ -208,7 +215,8 @@ def test_linear_eval_from_released_style_saved_model(filled, tmp_path, caplog):
   for key, variable in encoder.items():  # frozen encoder, batch-norm statistics included
     np.testing.assert_array_equal(trained.get_tensor(key), variable.numpy(), err_msg=key)
   assert trained.get_variable_to_shape_map()[
-      'model/supervised_head/linear_layer/dense/kernel' + VALUE] == [512, NUM_CLASSES]
+      'model/supervised_head/linear_layer/dense/kernel' + VALUE] == [
+          512 if arch == 'r18' else 2048, NUM_CLASSES]
   assert os.path.exists(os.path.join(model_dir, 'saved_model', '2', 'saved_model.pb'))
 
 
@@ -246,7 +254,7 @@ def printed_architecture(stdout):
   return ast.literal_eval(line[len('architecture: '):])
 
 
-@pytest.mark.parametrize('arch', ['r18', pytest.param('r50_sk', marks=pytest.mark.slow)])
+@pytest.mark.parametrize('arch', ARCHS)
 @pytest.mark.parametrize('filled', [True, False], ids=['filled', 'empty'])
 def test_pytorch_conversion_reads_official_saved_model(arch, filled, tmp_path, capsys):
   _, directory = official_saved_model(arch, filled)
