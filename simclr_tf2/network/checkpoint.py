@@ -196,8 +196,8 @@ def describe_source(prefix: str) -> str:
 
 def _mismatch_error(prefix, mismatch):
   return CheckpointError(
-      f'{describe_source(prefix)} does not match the model: {mismatch.describe()}. Architecture flags '
-      f'({", ".join(DETECTED_FLAGS)}) must be those the file was trained with')
+      f'{describe_source(prefix)} does not match the model: {mismatch.describe()}. Architecture '
+      f'flags ({", ".join(DETECTED_FLAGS)}) must be those the file was trained with')
 
 
 def _head_summary(head_shapes):

@@ -19,8 +19,9 @@ import numpy as np
 import tensorflow as tf
 
 from simclr_tf2.architecture import VALUE_SUFFIX
-# load_saved_model is re-exported: it used to live here.
-from simclr_tf2.network.checkpoint import load_saved_model, loaded_variables, object_keys  # noqa: F401  pylint: disable=unused-import
+# load_saved_model is re-exported: callers imported it from here before it moved.
+from simclr_tf2.network.checkpoint import (  # noqa: F401  pylint: disable=unused-import
+    load_saved_model, loaded_variables, object_keys)
 from simclr_tf2.model_dir import SAVED_MODEL_SUBDIR
 
 # Named like __call__'s argument: SavedModel export asks for the concrete functions again by

@@ -9,26 +9,30 @@ with tf.saved_model.save. Its variable list is checked against the reference's o
 (tests/data/golden/official_savedmodel_r18_cifar.variables.txt).
 """
 
+import ast
+import atexit
 import contextlib
 import functools
 import io
 import os
 import shutil
 import tempfile
-import atexit
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from golden_data import GOLDEN_DIR, REFERENCE_PARITY, plausible_value
-from checkpoints_conversion import convert_to_pytorch
-from checkpoints_conversion import export_saved_model as export_cli
-from simclr_tf2 import run
-from simclr_tf2.errors import CheckpointError
-from simclr_tf2.inference.loading import load_model
-from simclr_tf2.network.checkpoint import object_keys
-from simclr_tf2.network.model import build_model
+torch = pytest.importorskip('torch')
+
+from golden_data import GOLDEN_DIR, REFERENCE_PARITY, plausible_value  # noqa: E402
+from checkpoints_conversion import convert_to_pytorch  # noqa: E402
+from checkpoints_conversion import export_saved_model as export_cli  # noqa: E402
+from checkpoints_conversion.torch_resnet import SimCLRTorch  # noqa: E402
+from simclr_tf2 import run  # noqa: E402
+from simclr_tf2.errors import CheckpointError  # noqa: E402
+from simclr_tf2.inference.loading import load_model  # noqa: E402
+from simclr_tf2.network.checkpoint import object_keys  # noqa: E402
+from simclr_tf2.network.model import build_model  # noqa: E402
 
 VALUE = '/.ATTRIBUTES/VARIABLE_VALUE'
 NUM_CLASSES = 10  # digits
@@ -153,9 +157,21 @@ def test_load_model_reproduces_saved_model_outputs(arch, filled):
   expected = tf.saved_model.load(directory)(x, trainable=False)
   actual = tf.function(lambda x: loaded.model.call_with_endpoints(x, training=False))(x)
   scale = max(1., float(np.max(np.abs(expected['logits_sup']))))
-  np.testing.assert_allclose(actual['logits_sup'], expected['logits_sup'], rtol=0, atol=1e-6 * scale)
+  np.testing.assert_allclose(actual['logits_sup'], expected['logits_sup'], rtol=0,
+                             atol=1e-6 * scale)
   np.testing.assert_allclose(actual['final_avg_pool'], expected['final_avg_pool'], rtol=0,
                              atol=1e-6 * max(1., float(np.max(np.abs(expected['final_avg_pool'])))))
+
+
+def test_load_model_into_mirrored_variables(two_replica_strategy):
+  """Restoring from a SavedModel assigns mirrored (and sync-on-read BN) variables on every
+  replica, as a multi-device run needs."""
+  model, directory = official_saved_model('r18', False)
+  loaded = load_model(directory, strategy=two_replica_strategy)
+  restored = object_keys(model=loaded.model)
+  for key, variable in object_keys(model=model).items():
+    for replica_value in two_replica_strategy.experimental_local_results(restored[key]):
+      np.testing.assert_array_equal(replica_value.numpy(), variable.numpy(), err_msg=key)
 
 
 def test_given_flags_must_match_saved_model():
@@ -227,15 +243,12 @@ def test_run_refuses_mismatching_saved_model_in_one_line(tmp_path):
                                   f'--model_dir={tmp_path / "bad"}'])
   assert code == 1
   lines = [line for line in err.splitlines() if line.strip()]
-  assert len(lines) == 1 and lines[0].startswith('error: SavedModel ') and 'resnet_depth' in lines[0]
+  assert len(lines) == 1 and lines[0].startswith('error: SavedModel ')
+  assert 'resnet_depth' in lines[0]
   assert not os.path.exists(tmp_path / 'bad' / 'ckpt-2.index')
 
 
 # --- the conversion tools --------------------------------------------------------------------
-
-torch = pytest.importorskip('torch')
-from checkpoints_conversion.torch_resnet import SimCLRTorch  # noqa: E402  pylint: disable=wrong-import-position
-
 
 def torch_endpoints(state_dict, architecture, x):
   torch_model = SimCLRTorch(**architecture)
@@ -249,7 +262,6 @@ def read_output(path):
 
 
 def printed_architecture(stdout):
-  import ast  # pylint: disable=import-outside-toplevel
   line = next(l for l in stdout.splitlines() if l.startswith('architecture: '))
   return ast.literal_eval(line[len('architecture: '):])
 
@@ -343,7 +355,7 @@ def test_unsupported_sources_get_one_line_errors(kind, tmp_path, capsys):
   assert not output.exists()
 
 
-# --- ft_proj_selector: from the run's config.json, or said to be unknown ---------------------------
+# --- ft_proj_selector: from the run's config.json, or said to be unknown -------------------------
 
 @pytest.fixture(scope='module')
 def selector_run(tmp_path_factory):
@@ -358,7 +370,8 @@ def selector_run(tmp_path_factory):
 
 
 def _logits(model, x):
-  return tf.function(lambda x: model.call_with_endpoints(x, training=False))(x)['logits_sup'].numpy()
+  endpoints = tf.function(lambda x: model.call_with_endpoints(x, training=False))(x)
+  return endpoints['logits_sup'].numpy()
 
 
 def _without_run_config(model_dir, directory):
@@ -381,11 +394,13 @@ def test_export_and_conversion_keep_ft_proj_selector(selector_run, tmp_path, cap
   assert 'ft_proj_selector cannot be told from the shapes (0, 1, 2 fit)' in caplog.text
   wrong = _logits(guessed.model, x)
   assert np.max(np.abs(wrong - expected)) > 1e-3  # the selector matters for these weights
-  tolerance = 1e-6 * max(1., float(np.max(np.abs(expected))))
+  scale = max(1., float(np.max(np.abs(expected))))
+  tolerance = 1e-6 * scale
 
   for source in (selector_run, os.path.join(selector_run, 'ckpt-2')):
     export_dir = str(tmp_path / 'export')
-    code, _, err = run_cli(export_cli, capsys, f'--checkpoint={source}', f'--export_dir={export_dir}')
+    code, _, err = run_cli(export_cli, capsys, f'--checkpoint={source}',
+                           f'--export_dir={export_dir}')
     assert code == 0, err
     exported = tf.saved_model.load(export_dir)(x, trainable=False)['logits_sup'].numpy()
     np.testing.assert_allclose(exported, expected, rtol=0, atol=tolerance)
@@ -396,7 +411,7 @@ def test_export_and_conversion_keep_ft_proj_selector(selector_run, tmp_path, cap
     architecture = printed_architecture(out)
     assert architecture['ft_proj_selector'] == 1
     converted = torch_endpoints(read_output(output), architecture, x)['logits_sup'].numpy()
-    np.testing.assert_allclose(converted, expected, rtol=0, atol=1e-4 * max(1., np.max(np.abs(expected))))
+    np.testing.assert_allclose(converted, expected, rtol=0, atol=1e-4 * scale)
 
   # Without config.json the flag decides; without the flag the tools say they cannot tell.
   caplog.clear()
@@ -405,12 +420,13 @@ def test_export_and_conversion_keep_ft_proj_selector(selector_run, tmp_path, cap
   assert code == 0, err
   assert printed_architecture(out)['ft_proj_selector'] == 0
   assert 'ft_proj_selector cannot be told from the shapes' in caplog.text
-  code, out, err = run_cli(convert_to_pytorch, capsys, f'--checkpoint={bare}', '--ft_proj_selector=1',
+  code, out, err = run_cli(convert_to_pytorch, capsys, f'--checkpoint={bare}',
+                           '--ft_proj_selector=1',
                            f'--output={tmp_path / "given.pth"}')
   assert code == 0, err
   converted = torch_endpoints(read_output(str(tmp_path / 'given.pth')), printed_architecture(out),
                               x)['logits_sup'].numpy()
-  np.testing.assert_allclose(converted, expected, rtol=0, atol=1e-4 * max(1., np.max(np.abs(expected))))
+  np.testing.assert_allclose(converted, expected, rtol=0, atol=1e-4 * scale)
   code, _, err = run_cli(export_cli, capsys, f'--checkpoint={bare}', '--ft_proj_selector=1',
                          '--train_mode=finetune', f'--export_dir={tmp_path / "given_export"}')
   assert code == 0, err
