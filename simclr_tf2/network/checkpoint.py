@@ -408,8 +408,9 @@ def load_saved_model(saved_model_dir: str):
     loaded = tf.saved_model.load(saved_model_dir)
   except (tf.errors.OpError, ValueError, OSError) as error:
     if 'tags' in str(error):  # several MetaGraphs: only TF1 exports (Hub, Estimator) have those
-      raise CheckpointError(f'{saved_model_dir} is a TF1 SavedModel (several MetaGraphs, no '
-                            f'object graph): {USE_TF2_RELEASE}') from None
+      raise CheckpointError(f'{saved_model_dir} is a TF1 SavedModel with several MetaGraphs (a '
+                            f'TF1 Hub module\'s layout), no object graph: {USE_TF2_RELEASE}'
+                            ) from None
     raise CheckpointError(f'cannot load SavedModel {saved_model_dir}: {one_line(error)}'
                           ) from None
   if not hasattr(loaded, 'model'):

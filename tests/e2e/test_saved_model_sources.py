@@ -319,24 +319,42 @@ def _hub_module(directory):
       f.write(b'\x08\x03')
 
 
+def _tf1_saved_model(directory):
+  """A TF1 SavedModel with the two MetaGraphs of a Hub v1 export (tags [] and ['train']) but no
+  tfhub_module.pb."""
+  graph = tf.Graph()
+  with graph.as_default():
+    tf.compat.v1.get_variable('base_model/conv2d/kernel', [3, 3, 3, 64])
+    builder = tf.compat.v1.saved_model.Builder(directory)
+    with tf.compat.v1.Session() as session:
+      session.run(tf.compat.v1.global_variables_initializer())
+      builder.add_meta_graph_and_variables(session, [])
+      builder.add_meta_graph(['train'])
+    builder.save()
+
+
 def _foreign_saved_model(directory):
   module = tf.Module()
   module.weights = tf.Variable([1., 2.])
   tf.saved_model.save(module, directory)
 
 
-@pytest.mark.parametrize('kind', ['tf1_checkpoint', 'tf1_checkpoint_dir', 'hub', 'foreign'])
+@pytest.mark.parametrize('kind', ['tf1_checkpoint', 'tf1_checkpoint_dir', 'hub',
+                                  'tf1_saved_model', 'foreign'])
 def test_unsupported_sources_get_one_line_errors(kind, tmp_path, capsys):
   source = str(tmp_path / 'source')
   expected = {'tf1_checkpoint': 'is a TF1 checkpoint', 'tf1_checkpoint_dir': 'is a TF1 checkpoint',
-              'hub': 'is a TF1 Hub module', 'foreign': 'not of a SimCLR model'}[kind]
-  if kind.startswith('tf1'):
+              'hub': 'is a TF1 Hub module', 'tf1_saved_model': 'is a TF1 SavedModel',
+              'foreign': 'not of a SimCLR model'}[kind]
+  if kind.startswith('tf1_checkpoint'):
     os.makedirs(source)
     prefix = _tf1_checkpoint(source)
     if kind == 'tf1_checkpoint':
       source = prefix
   elif kind == 'hub':
     _hub_module(source)
+  elif kind == 'tf1_saved_model':
+    _tf1_saved_model(source)
   else:
     _foreign_saved_model(source)
   with pytest.raises(CheckpointError, match=expected) as info:
