@@ -2,51 +2,58 @@
 
     from simclr_tf2.inference.loading import load_model
     loaded = load_model('/tmp/run')                   # a run's model_dir: latest checkpoint + config
-    loaded = load_model('r50_1x_sk1/model.ckpt-250228')  # a checkpoint; architecture detected
-    loaded = load_model('/tmp/run/saved_model/1000')  # an exported SavedModel
+    loaded = load_model('/tmp/other/ckpt-1000')       # a checkpoint; architecture detected
+    loaded = load_model('/tmp/run/saved_model/1000')  # this project's export
+    loaded = load_model('r50_1x_sk1/saved_model')     # an official TF2 SavedModel (K32)
     endpoints = loaded.model.call_with_endpoints(images)   # {'final_avg_pool': ..., ...}
 
-Every form returns a `LoadedModel` whose `.model` has `call_with_endpoints(images, training=False)`
-(the SavedModel's endpoint dict). Restores are strict: a file that does not fit the model is a
-one-line `CheckpointError`, never a partially initialised model.
+Every form returns a `LoadedModel` whose `.model` is this project's Keras model holding the file's
+weights. Restores are strict: a file that does not fit the model is a one-line
+`CheckpointError`, never a partially initialised model.
 """
 
 import contextlib
+import logging
 import os
-import re
-from typing import Dict, Iterable, NamedTuple, Optional, Tuple
+from typing import Dict, Iterable, NamedTuple, Optional, Sequence, Tuple
 
+import numpy as np
 import tensorflow as tf
 
-from simclr_tf2.network.detect import detect_architecture
-from simclr_tf2.architecture import DETECTED_FLAGS
-from simclr_tf2.network.checkpoint import CheckpointError, read_shapes, resolve_checkpoint
-from simclr_tf2.network.checkpoint import restore_for_evaluation, restore_initial_weights
+from simclr_tf2.architecture import CIFAR_MAX_IMAGE_SIZE, DETECTED_FLAGS
 from simclr_tf2.config import Config
-from simclr_tf2.model_dir import RUN_CONFIG_FILE
+from simclr_tf2.model_dir import RUN_CONFIG_FILE, SAVED_MODEL_SUBDIR
+from simclr_tf2.network.checkpoint import (CheckpointError, describe_source, is_saved_model,
+                                           read_shapes, resolve_checkpoint,
+                                           restore_for_evaluation, restore_initial_weights,
+                                           saved_model_object)
+from simclr_tf2.network.detect import detect_architecture, ft_proj_selector_candidates
 from simclr_tf2.network.model import build_model
 
-SAVED_MODEL_FILE = 'saved_model.pb'
 GLOBAL_STEP_KEY = 'global_step/.ATTRIBUTES/VARIABLE_VALUE'
 
 
 class LoadedModel(NamedTuple):
   """A restored model. `path` is the checkpoint prefix or SavedModel directory it came from;
-  `global_step` is None when unknown (a SavedModel not under `saved_model/<step>`)."""
+  `global_step` is None when unknown (a model-only file, a SavedModel not under
+  `saved_model/<step>`)."""
   model: object
   config: Config
   path: str
   global_step: Optional[int]
 
 
-def config_for_checkpoint(shapes: Dict, base: Config, given: Iterable[str]
+def config_for_checkpoint(shapes: Dict, base: Config, given: Iterable[str], source: str = ''
                           ) -> Tuple[Config, Optional[int]]:
   """(Config, num_classes) describing a checkpoint's `{key: shape}` map.
 
   Architecture fields in `given` keep `base`'s value (a contradiction then shows as a strict-
   restore error, never a silent fix); the others are detected from the shapes. Unless given, the
-  model is built in pretrain mode with a linear-eval head exactly when the file has one. Shapes
-  cannot reveal `ft_proj_selector` values other than 0 and -1.
+  model is built in pretrain mode with a linear-eval head exactly when the file has one.
+  When the shapes fit several `ft_proj_selector` values (hidden projection layers are as wide as
+  the encoder) and it is not given: for a SavedModel `source` the one whose `logits_sup`
+  reproduce the SavedModel's own is taken; otherwise the official default 0 is used and a
+  one-line warning says so.
   """
   detected = detect_architecture(shapes)
   given = set(given)
@@ -55,42 +62,100 @@ def config_for_checkpoint(shapes: Dict, base: Config, given: Iterable[str]
     settings['train_mode'] = 'pretrain'
   if 'lineareval_while_pretraining' not in given:
     settings['lineareval_while_pretraining'] = detected['num_classes'] is not None
-  return base.replace(**settings), detected['num_classes']
+  config = base.replace(**settings)
+  if 'ft_proj_selector' not in given:
+    candidates = ft_proj_selector_candidates(shapes)
+    if len(candidates) > 1:
+      decided = (selector_from_outputs(source, config, detected['num_classes'], candidates)
+                 if is_saved_model(source) else None)
+      if decided is None:
+        logging.warning(
+            '%sft_proj_selector cannot be told from the shapes (%s fit): using %d; if the '
+            'supervised head was trained on another layer its logits_sup would be wrong, so '
+            'pass --ft_proj_selector or the model_dir with its config.json',
+            f'{source}: ' if source else '', ', '.join(map(str, candidates)),
+            config.ft_proj_selector)
+      else:
+        config = config.replace(ft_proj_selector=decided)
+  return config, detected['num_classes']
+
+
+def selector_from_outputs(path: str, config: Config, num_classes: int,
+                          candidates: Sequence[int]) -> Optional[int]:
+  """The one `ft_proj_selector` among `candidates` whose `logits_sup` reproduce the SavedModel's
+  own on a fixed random batch; None when not exactly one does (or it has no `logits_sup`)."""
+  loaded = saved_model_object(path)
+  size = CIFAR_MAX_IMAGE_SIZE if config.image_size <= CIFAR_MAX_IMAGE_SIZE else 64
+  images = tf.random.stateless_uniform([2, size, size, 3], seed=[25, 0])
+  try:
+    expected = loaded(images, trainable=False)
+  except (TypeError, ValueError, tf.errors.OpError):  # not callable like an export
+    return None
+  if 'logits_sup' not in expected:
+    return None
+  expected = expected['logits_sup'].numpy()
+  tolerance = 1e-4 * max(1., float(np.max(np.abs(expected))))
+  fits = []
+  for candidate in candidates:
+    model = build_model(num_classes, config.replace(ft_proj_selector=candidate)).create_variables()
+    restore_for_evaluation(model, path)
+    logits = model.call_with_endpoints(images, training=False)['logits_sup'].numpy()
+    if float(np.max(np.abs(logits - expected))) <= tolerance:
+      fits.append(candidate)
+  if len(fits) == 1:
+    logging.info('%s: ft_proj_selector=%d reproduces its logits_sup', path, fits[0])
+    return fits[0]
+  return None
+
+
+def run_config_path(source: str) -> Optional[str]:
+  """The `config.json` of the run a source belongs to: a model_dir, a checkpoint prefix inside
+  one, or a SavedModel under `<model_dir>/saved_model/<step>`; None for anything else."""
+  source = source.rstrip('/')
+  if source.endswith('.index'):
+    source = source[:-len('.index')]
+  candidates = [source] if tf.io.gfile.isdir(source) else [os.path.dirname(source)]
+  parent = os.path.dirname(source)
+  if os.path.basename(parent) == SAVED_MODEL_SUBDIR:
+    candidates.append(os.path.dirname(parent))
+  for directory in candidates:
+    path = os.path.join(directory, RUN_CONFIG_FILE)
+    if directory and tf.io.gfile.exists(path):
+      return path
+  return None
 
 
 def load_model(source: str, *, config: Optional[Config] = None, strategy=None,
                **overrides) -> LoadedModel:
   """Restores the model of a model_dir, a checkpoint (prefix or directory) or a SavedModel.
 
-  - model_dir (has `config.json`): its latest checkpoint, built with the run's Config (or
-    `config` when given) plus `overrides`; nothing is detected.
-  - checkpoint: architecture from `config` (all its fields count as given) and `overrides`
-    (Config field names); anything not given is detected from the variable shapes, so official
-    checkpoints load without flags.
-  - SavedModel directory: a `SavedModelEncoder`; its Config is detected from the variables.
+  - a run's model_dir, a checkpoint in one or a SavedModel it exported (`config.json` found):
+    built with the run's Config (or `config` when given) plus `overrides`; nothing is detected.
+  - other checkpoints and SavedModels (this project's exports and the official TF2 ones):
+    architecture from `config` (all its fields count as given) and `overrides` (Config field
+    names); anything not given is detected from the variable shapes, so official files load
+    without flags.
+  The result is always this project's Keras model with the file's weights, restored strictly.
   Variables are created in `strategy.scope()` when a strategy is given.
   """
   if not source:
     raise CheckpointError('no model source given: pass a model_dir, a checkpoint or a SavedModel')
   scope = strategy.scope() if strategy is not None else contextlib.nullcontext()
-  if tf.io.gfile.exists(os.path.join(source, SAVED_MODEL_FILE)):
-    with scope:
-      return _load_saved_model(source, config, overrides)
-  run_config = os.path.join(source, RUN_CONFIG_FILE)
-  if config is None and tf.io.gfile.isdir(source) and tf.io.gfile.exists(run_config):
+  prefix = resolve_checkpoint(source)
+  run_config = run_config_path(source)
+  if config is None and run_config:
     config = Config.from_json(run_config)  # the run's own settings: nothing to detect
   base, given = _base_and_given(config, overrides)
-  prefix = resolve_checkpoint(source)
   shapes = read_shapes(prefix)
   try:
-    model_config, num_classes = config_for_checkpoint(shapes, base, given)
+    model_config, num_classes = config_for_checkpoint(shapes, base, given, prefix)
   except ValueError as error:
     if isinstance(error, CheckpointError):
       raise
-    raise CheckpointError(f'checkpoint {prefix}: {error}') from None
+    raise CheckpointError(f'{describe_source(prefix)}: {error}') from None
   with scope:
     model = build_model(num_classes, model_config).create_variables()
-    if GLOBAL_STEP_KEY in shapes:
+    if is_saved_model(prefix) or GLOBAL_STEP_KEY in shapes:
       _, global_step = restore_for_evaluation(model, prefix)
     else:  # e.g. model-only exports of other tools: same strictness, step unknown
       _, head_restored = restore_initial_weights(model, prefix)
@@ -107,30 +172,3 @@ def _base_and_given(config, overrides):
   base = (config or Config()).replace(**overrides) if overrides else (config or Config())
   given = {f.name for f in Config.fields()} if config is not None else set(overrides)
   return base, given
-
-
-class SavedModelEncoder:
-  """An exported SimCLR SavedModel behind the same `call_with_endpoints` as SimCLRModel."""
-
-  def __init__(self, loaded, config: Config):
-    self.loaded = loaded
-    self.simclr_config = config
-
-  def call_with_endpoints(self, images, training: bool = False, blur: bool = False):
-    del blur  # exports never blur (K25)
-    return dict(self.loaded(images, trainable=bool(training)))
-
-
-def _load_saved_model(path, config, overrides) -> LoadedModel:
-  # Imported here: only this form needs the SavedModel machinery.
-  from simclr_tf2.network.export import load_saved_model, loaded_model_variables  # pylint: disable=import-outside-toplevel
-  loaded = load_saved_model(path)
-  shapes = {key: list(value.shape) for key, value in loaded_model_variables(loaded).items()}
-  base, given = _base_and_given(config, overrides)
-  try:
-    model_config, _ = config_for_checkpoint(shapes, base, given)
-  except ValueError as error:
-    raise CheckpointError(f'SavedModel {path}: {error}') from None
-  step = re.fullmatch(r'\d+', os.path.basename(path.rstrip('/')))
-  return LoadedModel(SavedModelEncoder(loaded, model_config), model_config, path,
-                     int(step.group(0)) if step else None)

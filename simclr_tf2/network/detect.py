@@ -7,7 +7,7 @@ The returned dict holds keyword arguments of `torch_resnet.SimCLRTorch` (= offic
 
 import math
 import re
-from typing import Dict, Mapping, Sequence
+from typing import Dict, Mapping, Sequence, Tuple
 
 from simclr_tf2.architecture import (BLOCK_COUNTS, BOTTLENECK_MIN_DEPTH, MODEL_PREFIX,
                                      CIFAR_MAX_IMAGE_SIZE, SK_MIN_DIM, SLOT_MARKER, STEM_PATH,
@@ -128,6 +128,39 @@ def detect_architecture(shapes: Mapping[str, Sequence[int]]) -> dict:
   sup_kernel = shapes.get(_SUP_KERNEL)
   if sup_kernel is not None:
     arch['num_classes'] = sup_kernel[1]
-    if sup_kernel[0] != encoder_width:  # head fed from the projection output (selector -1)
-      arch['ft_proj_selector'] = -1
+    candidates = _selector_candidates(encoder_width, proj_kernels, sup_kernel[0])
+    # Ambiguous: the official default 0 when it fits (the caller reports the ambiguity).
+    arch['ft_proj_selector'] = 0 if 0 in candidates else candidates[0]
   return arch
+
+
+def _selector_candidates(encoder_width, proj_kernels, head_width) -> Tuple[int, ...]:
+  """Every ft_proj_selector whose hidden layer has the supervised head's input width.
+
+  hiddens = [encoder output, projection layer 1, ..., layer K]; the output is written -1, as
+  the official flag does. No fit gives (-1,): the strict restore then reports the head.
+  """
+  widths = [encoder_width] + [kernel[1] for kernel in proj_kernels]
+  last = len(widths) - 1
+  fits = [-1 if i == last and i else i for i, width in enumerate(widths) if width == head_width]
+  return tuple(fits) or (-1,)
+
+
+def ft_proj_selector_candidates(shapes: Mapping[str, Sequence[int]]) -> Tuple[int, ...]:
+  """The ft_proj_selector values a checkpoint's shapes allow; () without a supervised head.
+
+  Hidden projection layers are as wide as the encoder output, so a head fed from the encoder
+  (0) and one fed from the first projection layer (1, the SimCLRv2 fine-tuning setting) have
+  the same shapes: more than one value means the shapes cannot decide.
+  """
+  arch = detect_architecture(shapes)
+  variables = {k: tuple(int(d) for d in v) for k, v in model_variables(shapes).items()}
+  sup_kernel = variables.get(_SUP_KERNEL)
+  if sup_kernel is None:
+    return ()
+  proj_kernels = []
+  while f'{_PROJ}{len(proj_kernels)}/dense/kernel' in variables:
+    proj_kernels.append(variables[f'{_PROJ}{len(proj_kernels)}/dense/kernel'])
+  encoder_width = 512 * arch['width_multiplier'] * (
+      4 if arch['resnet_depth'] >= BOTTLENECK_MIN_DEPTH else 1)
+  return _selector_candidates(encoder_width, proj_kernels, sup_kernel[0])

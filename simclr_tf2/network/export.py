@@ -25,22 +25,16 @@ import numpy as np
 import tensorflow as tf
 
 from simclr_tf2.architecture import VALUE_SUFFIX
-from simclr_tf2.compat import capture_named, is_keras_tracking_attribute
-from simclr_tf2.network.checkpoint import object_keys
-from simclr_tf2.errors import CheckpointError, one_line
+from simclr_tf2.compat import capture_named
+# load_saved_model is re-exported: callers imported it from here before it moved.
+from simclr_tf2.network.checkpoint import (  # noqa: F401  pylint: disable=unused-import
+    load_saved_model, loaded_variables, object_keys)
 from simclr_tf2.model_dir import SAVED_MODEL_SUBDIR
 
 # Named like __call__'s argument: SavedModel export asks for the concrete functions again by
 # their structured signature (which carries the argument name); an unnamed spec would retrace.
 IMAGES_SPEC = tf.TensorSpec([None, None, None, 3], tf.float32, name='inputs')
 SERVING_INPUT_NAME = 'images'
-
-# Children every restored Keras object gets from SavedModel serialisation. They alias the real
-# variables under shorter paths (`variables/17`), so walking them would produce non-training keys.
-_GENERIC_CHILDREN = frozenset({
-    'variables', 'trainable_variables', 'non_trainable_variables', 'keras_api',
-    'regularization_losses', 'signatures', 'trainable_variables_list'})
-
 
 def variable_tree(model) -> tf.Module:
   """Plain tf.Modules mirroring the model's checkpoint object graph: one attribute per edge
@@ -205,40 +199,14 @@ def export_for_step(model, model_dir: str, global_step: int, keep_hub_module_max
   return path
 
 
-def _is_function(obj) -> bool:
-  return isinstance(obj, (tf.types.experimental.GenericFunction,
-                          tf.types.experimental.ConcreteFunction))
-
-
 def read_saved_model_variables(saved_model_dir: str) -> Dict[str, np.ndarray]:
-  """Variable values of an export directory (this project's or the reference's), keyed like a
-  training checkpoint: `model/resnet_model/.../kernel/.ATTRIBUTES/VARIABLE_VALUE`."""
+  """Variable values of an export directory (this project's or the reference's, with a filled or
+  empty `trainable_variables_list`), keyed like a training checkpoint:
+  `model/resnet_model/.../kernel/.ATTRIBUTES/VARIABLE_VALUE`."""
   return loaded_model_variables(load_saved_model(saved_model_dir))
 
 
-def load_saved_model(saved_model_dir: str):
-  """`tf.saved_model.load` of a SimCLR export, with one-line errors for anything else."""
-  if not tf.io.gfile.exists(os.path.join(saved_model_dir, 'saved_model.pb')):
-    raise CheckpointError(f'no SavedModel at {saved_model_dir} (saved_model.pb not found)')
-  try:
-    loaded = tf.saved_model.load(saved_model_dir)
-  except (tf.errors.OpError, ValueError, OSError) as error:
-    raise CheckpointError(f'cannot load SavedModel {saved_model_dir}: {one_line(error)}'
-                          ) from None
-  if not hasattr(loaded, 'model'):
-    raise CheckpointError(f'{saved_model_dir} is not a SimCLR export (its root has no `model`)')
-  return loaded
-
-
 def loaded_model_variables(loaded) -> Dict[str, np.ndarray]:
-  """Like read_saved_model_variables, for an object returned by tf.saved_model.load.
-
-  The SavedModel's own `variables/` checkpoint uses serialisation paths (`model/resnet_model/
-  variables/17`), so instead `loaded.model` is walked along its original attribute names,
-  breadth-first (shortest path per variable, as tf.train.Checkpoint does).
-  """
-  def generic(name, child):
-    return name in _GENERIC_CHILDREN or is_keras_tracking_attribute(name) or _is_function(child)
-
-  return {key: variable.numpy()
-          for key, variable in object_keys(skip_child=generic, model=loaded.model).items()}
+  """Like read_saved_model_variables, for an object returned by tf.saved_model.load (walked
+  along its original attribute names: checkpoint.loaded_variables)."""
+  return {key: variable.numpy() for key, variable in loaded_variables(loaded).items()}
