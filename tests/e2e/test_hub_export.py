@@ -14,8 +14,7 @@ with warnings.catch_warnings():  # "pkg_resources is deprecated", from hub's own
   warnings.simplefilter('ignore', UserWarning)
   import tensorflow_hub as hub  # the `test` extra (needs setuptools<81 for pkg_resources)
 
-from simclr_tf2.network import export
-from export_cases import assert_endpoints_close, build_case, images
+from export_cases import assert_endpoints_close, exported_case, images
 
 CASE = 'r18_cifar_pretrain_lars'  # has the supervised head, so every endpoint is exported
 SIZE = 16
@@ -25,9 +24,10 @@ INFERENCE_TOLERANCE = 1e-6
 
 
 @pytest.fixture(scope='module')
-def exported(tmp_path_factory):
-  model = build_case(CASE)
-  return model, export.export_saved_model(model, str(tmp_path_factory.mktemp('hub') / 'export'))
+def exported():
+  """(model, export_dir): the session's export of CASE, shared with the export and conversion
+  tests (every test here loads it afresh and leaves it unchanged)."""
+  return exported_case(CASE)
 
 
 def inference_endpoints(model, x):
