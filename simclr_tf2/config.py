@@ -140,6 +140,12 @@ class Config:
       True, 'Randomly flip training images left-right (the reference always does); false for '
       'data whose mirror image is another thing: digits, text, plans, some scans.',
       official=False)
+  micro_batch_size: int = _flag(
+      0, 'Run each replica\'s training batch in chunks of this many images, one after another '
+      '(must divide the per-replica batch): the memory of a chunk, the loss of the whole batch. '
+      'Pretraining caches the projections\' gradients (exact NT-Xent over the whole batch); '
+      'finetuning accumulates gradients. A chunk is a batch-norm batch: as many times more '
+      'replicas with --global_bn=false (docs/training.md). 0 = no chunking.', official=False)
   allow_non_finite_checkpoint: bool = _flag(
       False, 'Restore checkpoints containing NaN/inf values instead of refusing them '
       '(for inspecting a diverged run).', official=False)
@@ -222,6 +228,10 @@ class Config:
         self.train_mode == 'finetune' or self.lineareval_while_pretraining):
       _fail('dataset', self.dataset, 'has no labels: use train_mode=pretrain with '
             '--lineareval_while_pretraining=false')
+    if self.micro_batch_size and (self.micro_batch_size > self.train_batch_size or
+                                  self.train_batch_size % self.micro_batch_size):
+      _fail('micro_batch_size', self.micro_batch_size, 'must divide the per-replica training '
+            f'batch (train_batch_size={self.train_batch_size} / replicas); 0 = no chunking')
     if self.knn_monitor_steps and self.dataset == 'image_folder_unlabeled':
       _fail('knn_monitor_steps', self.knn_monitor_steps, 'needs labels; dataset '
             'image_folder_unlabeled has none')
@@ -298,6 +308,7 @@ RANGES = {
                               ' (-1 trains everything, 4 freezes the whole encoder)'),
     'eval_timeout': _AT_LEAST_0,
     'knn_monitor_steps': _AT_LEAST_0,
+    'micro_batch_size': (0, None, True, True, ' (0 = no chunking)'),
     'seed': (0, 2**32 - 1, True, True, ''),
 }
 

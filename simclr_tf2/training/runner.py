@@ -50,8 +50,9 @@ def check_before_writing(config: Config, source, strategy: tf.distribute.Strateg
   and the settings a resumed run changes (run_settings.check_resumable).
 
   The splits the mode uses exist and are non-empty, both batch sizes divide among the
-  replicas, model_dir is (or can become) a writable directory, its checkpoint state file parses,
-  a resumed run keeps its model settings, and a `--checkpoint` to start from exists.
+  replicas, micro_batch_size divides the per-replica training batch, model_dir is (or can
+  become) a writable directory, its checkpoint state file parses, a resumed run keeps its model
+  settings, and a `--checkpoint` to start from exists.
   """
   if not config.model_dir:
     raise ConfigError('--model_dir is required')
@@ -63,6 +64,12 @@ def check_before_writing(config: Config, source, strategy: tf.distribute.Strateg
     if size % replicas:
       raise ConfigError(f'--{name}={size} is not divisible by the {replicas} replicas; use a '
                         f'multiple of {replicas}')
+  micro = config.micro_batch_size
+  per_replica = config.train_batch_size // replicas
+  if micro and config.mode != 'eval' and (micro > per_replica or per_replica % micro):
+    raise ConfigError(f'--micro_batch_size={micro} does not divide the per-replica batch of '
+                      f'{per_replica} images (train_batch_size={config.train_batch_size} on '
+                      f'{replicas} replicas)')
   model_dir_lib.check_model_dir(config.model_dir)
   num_train_examples = source.num_examples(config.train_split)
   if config.mode != 'train':  # also read at the start of train_then_eval, not after training
