@@ -26,6 +26,7 @@ from simclr_tf2.errors import ConfigError
 from simclr_tf2.model_dir import write_json
 from simclr_tf2.network import checkpoint as ckpt_lib
 from simclr_tf2.training.callbacks import Callback
+from simclr_tf2.training.distill import DistillationTask, load_teacher
 from simclr_tf2.training.evaluator import Evaluator, export_model
 from simclr_tf2.training.task import SimCLRTask
 from simclr_tf2.training.trainer import Trainer, default_callbacks
@@ -72,6 +73,14 @@ def check_before_writing(config: Config, source, strategy: tf.distribute.Strateg
   if state is not None and config.mode != 'eval':
     ckpt_lib.check_optimizer_matches(state.latest, config.optimizer)
   return num_train_examples
+
+
+def build_task(config: Config, source, strategy: tf.distribute.Strategy) -> SimCLRTask:
+  """The task of `config.train_mode`. Distillation loads and checks its teacher here, before
+  anything is written (a one-line TeacherError); mode=eval needs no teacher."""
+  if config.train_mode == 'distill' and config.mode != 'eval':
+    return DistillationTask(config, load_teacher(config, strategy, source), strategy)
+  return SimCLRTask(config, source.num_classes, strategy)
 
 
 def build_evaluator(config: Config, source, task: SimCLRTask, export: bool = True,
@@ -142,7 +151,7 @@ def run(config: Config, strategy: Optional[tf.distribute.Strategy] = None,
   source = get_source(config.dataset, config.data_dir, config.skip_corrupt_images,
                       config.image_size)
   num_train_examples = check_before_writing(config, source, strategy)
-  task = SimCLRTask(config, source.num_classes, strategy)
+  task = build_task(config, source, strategy)
   if config.mode == 'eval':
     return _evaluate_run(config, source, task, flag_values, log_file, eval_progress_bar, export)
   if callbacks is None:

@@ -67,7 +67,8 @@ class SimCLRTask:
       self.optimizer = build_optimizer(config.optimizer, self.schedule, config.momentum,
                                        config.weight_decay)
       self.train_metrics = TrainMetrics(config.train_mode, config.lineareval_while_pretraining,
-                                        loss_scaling=config.precision == 'mixed_float16')
+                                        loss_scaling=config.precision == 'mixed_float16',
+                                        label_weight=config.distill_label_weight)
       # Reading `iterations` creates the legacy optimizer's step counter here, in the strategy
       # scope; created lazily inside a distributed step it would fail.
       _ = self.optimizer.iterations
@@ -120,22 +121,9 @@ class SimCLRTask:
     config, model = self.config, self.model
     num_replicas = tf.distribute.get_replica_context().num_replicas_in_sync
     values = {}
+    targets = self._targets(images, labels)  # outside the tape: nothing to differentiate
     with tf.GradientTape() as tape:
-      projection, logits = model(images, training=True, blur_seed=self._blur_seed())
-      loss = tf.constant(0.)
-      if projection is not None:
-        projection = tf.cast(projection, tf.float32)  # the loss is float32 at any precision
-        con_loss, values['logits_con'], values['labels_con'] = contrastive_loss(
-            projection, hidden_norm=config.hidden_norm, temperature=config.temperature)
-        loss += con_loss
-        values['contrast_loss'] = con_loss
-      if logits is not None:
-        logits = tf.cast(logits, tf.float32)
-        if config.train_mode == 'pretrain':  # the linear-eval head classifies both views
-          labels = tf.concat([labels, labels], 0)
-        sup_loss = supervised_loss(labels, logits)
-        loss += sup_loss
-        values.update(supervised_loss=sup_loss, labels=labels, logits=logits)
+      loss = self._objective(images, targets, values)
       decay = weight_decay_loss(model.trainable_variables, config.optimizer, config.weight_decay)
       loss += decay
       values.update(weight_decay=decay, total_loss=loss)
@@ -146,6 +134,30 @@ class SimCLRTask:
     if self._scales_loss:
       gradients = self._updater.get_unscaled_gradients(gradients)
     return gradients, StepValues(**values)
+
+  def _targets(self, images, labels):  # pylint: disable=unused-argument
+    """What the objective compares the model's outputs with: here the one-hot labels."""
+    return labels
+
+  def _objective(self, images, labels, values):
+    """The per-replica loss before weight decay, recorded by the tape; fills `values`."""
+    config, model = self.config, self.model
+    projection, logits = model(images, training=True, blur_seed=self._blur_seed())
+    loss = tf.constant(0.)
+    if projection is not None:
+      projection = tf.cast(projection, tf.float32)  # the loss is float32 at any precision
+      con_loss, values['logits_con'], values['labels_con'] = contrastive_loss(
+          projection, hidden_norm=config.hidden_norm, temperature=config.temperature)
+      loss += con_loss
+      values['contrast_loss'] = con_loss
+    if logits is not None:
+      logits = tf.cast(logits, tf.float32)
+      if config.train_mode == 'pretrain':  # the linear-eval head classifies both views
+        labels = tf.concat([labels, labels], 0)
+      sup_loss = supervised_loss(labels, logits)
+      loss += sup_loss
+      values.update(supervised_loss=sup_loss, labels=labels, logits=logits)
+    return loss
 
   def _blur_seed(self):
     """Seeded runs: the blur of a step depends on (seed, global step, replica) only, so a run
@@ -188,6 +200,7 @@ class StepValues(NamedTuple):
   logits_con: Optional[tf.Tensor] = None
   labels_con: Optional[tf.Tensor] = None
   supervised_loss: Optional[tf.Tensor] = None
+  distill_loss: Optional[tf.Tensor] = None
   labels: Optional[tf.Tensor] = None
   logits: Optional[tf.Tensor] = None
 
