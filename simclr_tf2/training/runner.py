@@ -21,6 +21,7 @@ from simclr_tf2 import console
 from simclr_tf2 import model_dir as model_dir_lib
 from simclr_tf2.config import Config
 from simclr_tf2.data import corrupt_image_errors, distributed_dataset, get_source
+from simclr_tf2.data.label_subset import label_subset_source, write_label_subset
 from simclr_tf2.distribute import build_strategy, is_chief
 from simclr_tf2.errors import ConfigError
 from simclr_tf2.model_dir import write_json
@@ -150,6 +151,9 @@ def run(config: Config, strategy: Optional[tf.distribute.Strategy] = None,
     keras.utils.set_random_seed(config.seed)
   source = get_source(config.dataset, config.data_dir, config.skip_corrupt_images,
                       config.image_size)
+  subset = None
+  if config.mode != 'eval':  # --label_fraction: the train split's labeled subset
+    source, subset = label_subset_source(config, source)
   num_train_examples = check_before_writing(config, source, strategy)
   task = build_task(config, source, strategy)
   if config.mode == 'eval':
@@ -171,6 +175,8 @@ def run(config: Config, strategy: Optional[tf.distribute.Strategy] = None,
     if log_file and is_chief(strategy):
       console.setup_log_file(os.path.join(config.model_dir, console.LOG_FILE_NAME))
     write_run_settings(config, strategy, flag_values)
+    if is_chief(strategy):
+      write_label_subset(config.model_dir, subset)
     dataset = distributed_dataset(config, source, strategy, is_training=True,
                                   start_step=trainer.step)
     result.checkpoint = trainer.fit(dataset, train_steps, steps_per_loop)

@@ -8,6 +8,7 @@ one-line errors before anything is written.
 
 import contextlib
 import io
+import json
 import os
 
 import numpy as np
@@ -193,3 +194,21 @@ def test_bad_distillation_flags_are_one_line_errors(tmp_path, flag):
                                   '--teacher_checkpoint=/x', flag, f'--model_dir={model_dir}'])
   assert code == 1 and flag.split('=')[0] in error_line(err)
   assert not model_dir.exists()
+
+
+def test_label_fraction_run_records_its_subset_and_too_small_is_an_error(tmp_path):
+  model_dir = tmp_path / 'ten_percent'
+  args = TINY + ['--mode=train', '--train_mode=finetune', '--label_fraction=0.1',
+                 f'--model_dir={model_dir}']
+  code, _, err = run_main(args + ['--train_steps=1'])
+  assert code == 0, err
+  record = json.loads((model_dir / 'label_subset.json').read_text())
+  assert len(record['example_ids']) == 140  # round(0.1 * 1437 / 10) = 14 of each digit
+  code, _, err = run_main(args + ['--train_steps=2', '--seed=5'])  # resumed: same subset
+  assert code == 0, err
+  assert json.loads((model_dir / 'label_subset.json').read_text()) == record
+  small = tmp_path / 'too_small'
+  code, _, err = run_main(TINY + ['--mode=train', '--train_mode=finetune', '--train_steps=1',
+                                  '--label_fraction=0.003', f'--model_dir={small}'])
+  assert code == 1 and error_line(err).startswith('error: --label_fraction=0.003: ')
+  assert not small.exists()
