@@ -119,3 +119,18 @@ def test_unlabeled_images_distil_only_without_labels():
 def test_distillation_metrics_in_the_reference_naming_style(weight, names):
   metrics = TrainMetrics('distill', lineareval_while_pretraining=True, label_weight=weight)
   assert [m.name for m in metrics.all] == names
+
+
+def test_semi_supervised_recipes_parse_into_the_paper_stages():
+  from simclr_tf2.demo import recipe  # pylint: disable=import-outside-toplevel
+  one, ten = recipe('simclrv2_finetune_1pct'), recipe('simclrv2_finetune_10pct')
+  assert (one.dataset, one.train_epochs, one.ft_proj_selector, one.learning_rate,
+          one.learning_rate_scaling, one.weight_decay, one.train_batch_size) == (
+              'imagenet2012_subset/1pct', 60, 1, 0.005, 'sqrt', 0., 1024)
+  assert (ten.dataset, ten.train_epochs) == ('imagenet2012_subset/10pct', 30)
+  self_distill, small = recipe('simclrv2_self_distill'), recipe('simclrv2_distill_to_r50')
+  assert (self_distill.train_mode, self_distill.distill_temperature,
+          self_distill.distill_label_weight, self_distill.train_epochs,
+          self_distill.resnet_depth, self_distill.width_multiplier) == ('distill', 1., 0., 400, 152, 3)
+  assert (small.resnet_depth, small.width_multiplier, small.sk_ratio,
+          small.teacher_checkpoint) == (50, 1, 0., self_distill.teacher_checkpoint)
