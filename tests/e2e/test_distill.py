@@ -212,3 +212,17 @@ def test_label_fraction_run_records_its_subset_and_too_small_is_an_error(tmp_pat
                                   '--label_fraction=0.003', f'--model_dir={small}'])
   assert code == 1 and error_line(err).startswith('error: --label_fraction=0.003: ')
   assert not small.exists()
+
+
+@pytest.mark.parametrize('precision', ['mixed_float16', 'mixed_bfloat16'])
+def test_distillation_trains_at_reduced_precision(teacher_run, tmp_path, precision):
+  _, prefix, _ = teacher_run
+  model_dir = tmp_path / precision
+  code, _, err = run_main(TINY + ['--mode=train', '--train_mode=distill', '--train_steps=2',
+                                  f'--precision={precision}', f'--teacher_checkpoint={prefix}',
+                                  f'--model_dir={model_dir}'])
+  assert code == 0, err
+  # float32 variables whatever the compute precision: the same keys as a float32 student.
+  reader = tf.train.load_checkpoint(str(model_dir / 'ckpt-2'))
+  dtypes = reader.get_variable_to_dtype_map()
+  assert {dtypes[k] for k in dtypes if k.startswith('model/')} == {tf.float32}
