@@ -15,6 +15,7 @@ from typing import Any, Dict, Optional
 from simclr_tf2.architecture import CIFAR_MAX_IMAGE_SIZE, PROJ_HEAD_MODES, RESNET_DEPTHS
 from simclr_tf2.errors import ConfigError
 
+TRAIN_MODES = ('pretrain', 'finetune', 'distill')
 PRECISIONS = ('float32', 'mixed_bfloat16', 'mixed_float16')
 CROP_MIN_AREA = 0.08  # the reference's random crops cover 8 %..100 % of the image
 MAX_COLOR_JITTER_STRENGTH = 1.25  # beyond it contrast/saturation lower bounds go negative (K24)
@@ -51,13 +52,15 @@ class Config:
   dataset: str = _flag(
       'imagenet2012', 'Dataset: a TFDS name, "digits" (embedded offline dataset), '
       '"image_folder" (data_dir/<split>/<class>/*.jpg) or "image_folder_unlabeled" '
-      '(data_dir/<split>/*.jpg, pretraining only).')
+      '(data_dir/<split>/*.jpg, pretraining or distillation only).')
   cache_dataset: bool = _flag(False, 'Whether to cache the decoded split in memory.')
   mode: str = _flag('train', 'Whether to train, evaluate, or train then evaluate.',
                     choices=('train', 'eval', 'train_then_eval'))
   train_mode: str = _flag('pretrain', 'pretrain = SimCLR contrastive pretraining; '
-                          'finetune = supervised training (linear eval with fine_tune_after_block=4).',
-                          choices=('pretrain', 'finetune'))
+                          'finetune = supervised training (linear eval with fine_tune_after_block=4); '
+                          'distill = train a student on the outputs of a frozen --teacher_checkpoint '
+                          '(SimCLRv2 stage 3; an addition).',
+                          choices=TRAIN_MODES)
   lineareval_while_pretraining: bool = _flag(
       True, 'Train a linear head on stop-gradient features while pretraining.')
   checkpoint: Optional[str] = _flag(
@@ -146,6 +149,21 @@ class Config:
       'Pretraining caches the projections\' gradients (exact NT-Xent over the whole batch); '
       'finetuning accumulates gradients. A chunk is a batch-norm batch: as many times more '
       'replicas with --global_bn=false (docs/training.md). 0 = no chunking.', official=False)
+  teacher_checkpoint: Optional[str] = _flag(
+      None, 'train_mode=distill: the frozen teacher, a fine-tuned model with a supervised head: '
+      'a run\'s model_dir, a checkpoint prefix or directory (this project\'s or the official '
+      'layout; architecture detected) or an exported SavedModel.', official=False)
+  distill_temperature: float = _flag(
+      1.0, 'train_mode=distill: softmax temperature of teacher and student (> 0); the loss is '
+      'scaled by its square. SimCLRv2 uses 1.', official=False)
+  distill_label_weight: float = _flag(
+      0.0, 'train_mode=distill: weight w in [0, 1] of the ground-truth cross-entropy, loss = '
+      '(1 - w) * distillation + w * supervised; 0 uses no labels (unlabeled data works).',
+      official=False)
+  label_fraction: float = _flag(
+      1.0, 'finetune/distill: train on a class-balanced, seeded subset of this fraction of the '
+      'train split, in (0, 1]; its example ids are written to model_dir/label_subset.json and '
+      'reused on resume. 1 = the whole split.', official=False)
   allow_non_finite_checkpoint: bool = _flag(
       False, 'Restore checkpoints containing NaN/inf values instead of refusing them '
       '(for inspecting a diverged run).', official=False)
@@ -224,10 +242,20 @@ class Config:
         self.fine_tune_after_block != -1):
       _fail('fine_tune_after_block', self.fine_tune_after_block,
             'must be -1 when pretraining (freezing only applies to train_mode=finetune)')
-    if self.dataset == 'image_folder_unlabeled' and (
-        self.train_mode == 'finetune' or self.lineareval_while_pretraining):
+    unlabeled = self.dataset == 'image_folder_unlabeled'
+    if unlabeled and self.train_mode == 'distill':
+      if self.distill_label_weight > 0 or self.mode != 'train':
+        _fail('dataset', self.dataset, 'has no labels: distill with --distill_label_weight=0 '
+              'and --mode=train')
+    elif unlabeled and (self.train_mode == 'finetune' or self.lineareval_while_pretraining):
       _fail('dataset', self.dataset, 'has no labels: use train_mode=pretrain with '
-            '--lineareval_while_pretraining=false')
+            '--lineareval_while_pretraining=false, or train_mode=distill')
+    if self.train_mode == 'distill' and self.mode != 'eval' and not self.teacher_checkpoint:
+      _fail('teacher_checkpoint', self.teacher_checkpoint,
+            'is required with train_mode=distill (a fine-tuned model with a supervised head)')
+    if self.label_fraction < 1 and self.train_mode == 'pretrain':
+      _fail('label_fraction', self.label_fraction,
+            'applies to train_mode=finetune or distill (pretraining uses every image)')
     if self.micro_batch_size and (self.micro_batch_size > self.train_batch_size or
                                   self.train_batch_size % self.micro_batch_size):
       _fail('micro_batch_size', self.micro_batch_size, 'must divide the per-replica training '
@@ -286,6 +314,9 @@ RANGES = {
     'batch_norm_decay': (0, 1, False, False, ''),
     'momentum': (0, 1, True, False, ''),
     'temperature': (0, None, False, True, ''),
+    'distill_temperature': (0, None, False, True, ''),
+    'distill_label_weight': (0, 1, True, True, ''),
+    'label_fraction': (0, 1, False, True, ''),
     'sk_ratio': _AT_LEAST_0,
     'se_ratio': _AT_LEAST_0,
     'crop_min_area': (0, 1, False, True, ''),

@@ -26,6 +26,10 @@ class CheckpointError(SimCLRError, ValueError):
   """A checkpoint is missing, unreadable, non-finite or does not fit the model."""
 
 
+class TeacherError(CheckpointError):
+  """The distillation teacher cannot be used: unreadable, no supervised head, wrong classes."""
+
+
 class TrainingError(SimCLRError, RuntimeError):
   """Training cannot go on (e.g. it diverged); checkpoints written so far are kept."""
 

@@ -12,14 +12,11 @@ import random
 import tensorflow as tf
 
 from simclr_tf2.architecture import CIFAR_MAX_IMAGE_SIZE
-from simclr_tf2.config import CROP_MIN_AREA, Config, check_range
+from simclr_tf2.config import CROP_MIN_AREA, TRAIN_MODES, Config, check_range
 from simclr_tf2.data import augment
 from simclr_tf2.data.sources import TfdsSource
 
 logger = logging.getLogger(__name__)
-
-TRAIN_MODES = ('pretrain', 'finetune')
-
 
 def _pipeline_seed(base_seed, input_context, stream):
   """A stateless [2] seed of this input pipeline for one random stream (0: augmentation, 1: order)."""
@@ -114,7 +111,7 @@ def build_input_fn(source, global_batch_size, is_training, *, split, train_mode,
   check_range('crop_min_area', crop_min_area)
   if start_step < 0:
     raise ValueError(f'start_step={start_step} must be >= 0')
-  two_views = is_training and train_mode == 'pretrain'
+  two_views = is_training and train_mode == 'pretrain'  # distill augments as finetune does
   test_crop = image_size > CIFAR_MAX_IMAGE_SIZE
   num_classes = source.num_classes
 

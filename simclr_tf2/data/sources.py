@@ -7,6 +7,7 @@ A *source* yields `(image uint8 [H, W, 3], label int64)` examples of one split:
   source.as_dataset(split, shuffle_files, input_context=None, seed=None)
   source.class_names               label -> name
   source.example_ids(split)        one string per example, in unshuffled as_dataset order
+  source.labels(split)             int64 labels in that order (label_subset.py)
 
 `get_source` picks one of: a prepared TFDS dataset, `digits` (scikit-learn's embedded 8x8 digits,
 fully offline), `image_folder` (data_dir/<split>/<class>/<image>) or `image_folder_unlabeled`
@@ -90,6 +91,14 @@ class TfdsSource:
   def num_examples(self, split):
     return self._check_split(split).num_examples
 
+  def labels(self, split):
+    """The split's labels in unshuffled as_dataset order, read without decoding the images."""
+    self._check_split(split)
+    label_key = self._builder.info.supervised_keys[1]
+    dataset = self._builder.as_dataset(split=split, shuffle_files=False, decoders={
+        self._builder.info.supervised_keys[0]: self._tfds.decode.SkipDecoding()})
+    return np.array([int(x[label_key]) for x in dataset.as_numpy_iterator()], np.int64)
+
   def example_ids(self, split):
     """TFDS slicing strings (`name:split[i]`): unshuffled reads are in a fixed order."""
     return [f'{self.name}:{split}[{index}]' for index in range(self.num_examples(split))]
@@ -137,6 +146,9 @@ class DigitsSource:
 
   def num_examples(self, split):
     return len(self._split(split)[1])
+
+  def labels(self, split):
+    return self._split(split)[1]
 
   def example_ids(self, split):
     return [f'digits:{split}[{index}]' for index in range(self.num_examples(split))]
@@ -286,6 +298,9 @@ class ImageFolderSource:
 
   def example_ids(self, split):
     return list(self._split(split)[0])  # the image paths
+
+  def labels(self, split):
+    return self._split(split)[1]
 
   def as_dataset(self, split, shuffle_files, input_context=None, seed=None):
     paths, labels = self._split(split)

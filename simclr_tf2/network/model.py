@@ -28,7 +28,7 @@ ENDPOINT_NAMES = ('initial_conv', 'initial_max_pool', 'block_group1', 'block_gro
 
 def unused_projection_layers(config: Config):
   """Indices of projection layers the supervised head does not depend on when finetuning (K7)."""
-  if config.train_mode != 'finetune' or not config.freeze_unused_proj_head:
+  if config.train_mode == 'pretrain' or not config.freeze_unused_proj_head:
     return ()
   num_layers = config.num_projection_outputs() - 1
   used = config.ft_proj_selector % (num_layers + 1)  # hiddens[i] depends on layers 0..i-1
@@ -48,7 +48,8 @@ class SimCLRModel(keras.Model):
     super().__init__(**kwargs)
     self.simclr_config = config
     norm = NormSettings(decay=config.batch_norm_decay, synchronized=config.global_bn)
-    finetune = config.train_mode == 'finetune'
+    # A distillation student is a fine-tuned model: same variables, same checkpoint keys.
+    finetune = config.train_mode != 'pretrain'
     self.resnet_model = Resnet(
         resnet_depth=config.resnet_depth, width_multiplier=config.width_multiplier,
         cifar_stem=config.cifar_stem, sk_ratio=config.sk_ratio, se_ratio=config.se_ratio,

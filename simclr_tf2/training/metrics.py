@@ -46,26 +46,36 @@ class _MetricCollection:
 
 
 class TrainMetrics(_MetricCollection):
-  """Per-step training metrics; the contrastive / supervised ones exist only when computed."""
+  """Per-step training metrics; the contrastive / supervised / distillation ones exist only
+  when computed. Distillation (`train_mode='distill'`) has `train/distill_loss`, and
+  `train/supervised_loss` only when labels are used (`label_weight` > 0); its
+  `train/supervised_acc` is the student's agreement with the labels, or with the teacher's
+  argmax when no labels are used."""
 
-  def __init__(self, train_mode, lineareval_while_pretraining, loss_scaling=False):
+  def __init__(self, train_mode, lineareval_while_pretraining, loss_scaling=False,
+               label_weight=0.):
     mean = keras.metrics.Mean
     self.weight_decay = mean('train/weight_decay')
     self.total_loss = mean('train/total_loss')
     self.contrast_loss = self.contrast_acc = self.contrast_entropy = None
-    self.supervised_loss = self.supervised_acc = None
+    self.supervised_loss = self.supervised_acc = self.distill_loss = None
     if train_mode == 'pretrain':
       self.contrast_loss = mean('train/contrast_loss')
       self.contrast_acc = mean('train/contrast_acc')
       self.contrast_entropy = mean('train/contrast_entropy')
-    if train_mode == 'finetune' or lineareval_while_pretraining:
+    if train_mode == 'distill':
+      self.distill_loss = mean('train/distill_loss')
+    if train_mode == 'finetune' or (train_mode == 'pretrain' and lineareval_while_pretraining) or (
+        train_mode == 'distill' and label_weight > 0):
       self.supervised_loss = mean('train/supervised_loss')
+    if self.supervised_loss is not None or train_mode == 'distill':
       self.supervised_acc = mean('train/supervised_acc')
     # Dynamic loss scaling (mixed_float16) skips the updates whose gradients overflow.
     self.skipped_steps = keras.metrics.Sum(SKIPPED_STEPS_TAG) if loss_scaling else None
     self.all = tuple(m for m in (
         self.weight_decay, self.total_loss, self.contrast_loss, self.contrast_acc,
-        self.contrast_entropy, self.supervised_loss, self.supervised_acc, self.skipped_steps)
+        self.contrast_entropy, self.distill_loss, self.supervised_loss, self.supervised_acc,
+        self.skipped_steps)
                      if m is not None)
 
   # `applied` (loss scaling only): 1.0 if the step's update is applied, 0.0 if it is skipped;
@@ -79,7 +89,9 @@ class TrainMetrics(_MetricCollection):
     if self.contrast_loss is not None:
       self.update_contrastive(values.contrast_loss, values.logits_con, values.labels_con,
                               applied)
-    if self.supervised_loss is not None:
+    if self.distill_loss is not None:
+      _update(self.distill_loss, values.distill_loss, applied)
+    if self.supervised_acc is not None:
       self.update_supervised(values.supervised_loss, values.labels, values.logits, applied)
     self.update_total(values.weight_decay, values.total_loss, applied)
 
@@ -89,7 +101,9 @@ class TrainMetrics(_MetricCollection):
     _update(self.contrast_entropy, contrast_entropy(logits_con), applied)
 
   def update_supervised(self, loss, labels, logits, applied=None):
-    _update(self.supervised_loss, loss, applied)
+    """`loss` is None when distilling without labels (`labels` are then the teacher's)."""
+    if self.supervised_loss is not None:
+      _update(self.supervised_loss, loss, applied)
     _update(self.supervised_acc, _argmax_match_rate(labels, logits), applied)
 
   def update_total(self, weight_decay, total_loss, applied=None):

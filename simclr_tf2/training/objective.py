@@ -1,4 +1,4 @@
-"""Training objectives: NT-Xent, supervised cross-entropy, L2 weight decay.
+"""Training objectives: NT-Xent, supervised cross-entropy, distillation, L2 weight decay.
 
 Kn: defect numbers of the official code, listed in docs/differences.md.
 """
@@ -74,6 +74,20 @@ def contrastive_loss(hidden, hidden_norm=True, temperature=1.0):
 def supervised_loss(labels, logits):
   """Softmax cross-entropy with one-hot `labels`, averaged over the local batch."""
   return tf.reduce_mean(tf.nn.softmax_cross_entropy_with_logits(labels, logits))
+
+
+def distillation_loss(teacher_logits, student_logits, temperature=1.0):
+  """tau^2 * CE(softmax(teacher / tau), softmax(student / tau)), averaged over the local batch.
+
+  The tau^2 factor (Hinton et al. 2015; the SimCLRv2 distillation colab's add_kd_loss) keeps
+  the gradients' size independent of tau. Like `supervised_loss`, the caller divides by the
+  number of replicas, so the summed gradients are those of the global-batch mean. The teacher
+  receives no gradient.
+  """
+  teacher_probs = tf.nn.softmax(tf.stop_gradient(teacher_logits) / temperature)
+  per_example = tf.nn.softmax_cross_entropy_with_logits(teacher_probs,
+                                                        student_logits / temperature)
+  return tf.reduce_mean(per_example) * temperature ** 2
 
 
 def weight_decay_variables(trainable_variables, optimizer_name):

@@ -21,12 +21,14 @@ from simclr_tf2 import console
 from simclr_tf2 import model_dir as model_dir_lib
 from simclr_tf2.config import Config
 from simclr_tf2.data import corrupt_image_errors, distributed_dataset, get_source
+from simclr_tf2.data.label_subset import label_subset_source, write_label_subset
 from simclr_tf2.distribute import build_strategy, is_chief
 from simclr_tf2.errors import ConfigError
 from simclr_tf2.model_dir import FLAGS_FILE, write_json
 from simclr_tf2.network import checkpoint as ckpt_lib
 from simclr_tf2.training.callbacks import Callback
 from simclr_tf2.training.run_settings import Changes, check_resumable, record_settings
+from simclr_tf2.training.distill import DistillationTask, load_teacher
 from simclr_tf2.training.evaluator import Evaluator, export_model
 from simclr_tf2.training.task import SimCLRTask
 from simclr_tf2.training.trainer import Trainer, default_callbacks
@@ -84,6 +86,14 @@ def check_before_writing(config: Config, source, strategy: tf.distribute.Strateg
     ckpt_lib.check_optimizer_matches(state.latest, config.optimizer)
     changes = check_resumable(config, config.model_dir)
   return num_train_examples, changes
+
+
+def build_task(config: Config, source, strategy: tf.distribute.Strategy) -> SimCLRTask:
+  """The task of `config.train_mode`. Distillation loads and checks its teacher here, before
+  anything is written (a one-line TeacherError); mode=eval needs no teacher."""
+  if config.train_mode == 'distill' and config.mode != 'eval':
+    return DistillationTask(config, load_teacher(config, strategy, source), strategy)
+  return SimCLRTask(config, source.num_classes, strategy)
 
 
 def build_evaluator(config: Config, source, task: SimCLRTask, export: bool = True,
@@ -144,8 +154,11 @@ def run(config: Config, strategy: Optional[tf.distribute.Strategy] = None,
     keras.utils.set_random_seed(config.seed)
   source = get_source(config.dataset, config.data_dir, config.skip_corrupt_images,
                       config.image_size)
+  subset = None
+  if config.mode != 'eval':  # --label_fraction: the train split's labeled subset
+    source, subset = label_subset_source(config, source)
   num_train_examples, changes = check_before_writing(config, source, strategy)
-  task = SimCLRTask(config, source.num_classes, strategy)
+  task = build_task(config, source, strategy)
   if config.mode == 'eval':
     return _evaluate_run(config, source, task, flag_values, log_file, eval_progress_bar, export)
   if callbacks is None:
@@ -166,6 +179,7 @@ def run(config: Config, strategy: Optional[tf.distribute.Strategy] = None,
       console.setup_log_file(os.path.join(config.model_dir, console.LOG_FILE_NAME))
     if is_chief(strategy):
       record_settings(config, flag_values, changes, trainer.step)
+      write_label_subset(config.model_dir, subset)
     dataset = distributed_dataset(config, source, strategy, is_training=True,
                                   start_step=trainer.step)
     result.checkpoint = trainer.fit(dataset, train_steps, steps_per_loop)

@@ -67,7 +67,8 @@ class SimCLRTask:
       self.optimizer = build_optimizer(config.optimizer, self.schedule, config.momentum,
                                        config.weight_decay)
       self.train_metrics = TrainMetrics(config.train_mode, config.lineareval_while_pretraining,
-                                        loss_scaling=config.precision == 'mixed_float16')
+                                        loss_scaling=config.precision == 'mixed_float16',
+                                        label_weight=config.distill_label_weight)
       # Reading `iterations` creates the legacy optimizer's step counter here, in the strategy
       # scope; created lazily inside a distributed step it would fail.
       _ = self.optimizer.iterations
@@ -126,24 +127,27 @@ class SimCLRTask:
 
   def _loss_gradients(self, images, labels):
     """(gradients, StepValues): the pure computation of a step (XLA-compiled if asked)."""
+    targets = self._targets(images, labels)  # outside any tape: nothing to differentiate
     micro = self.config.micro_batch_size
     if micro:
-      return self._chunked_loss_gradients(images, labels, micro)
+      return self._chunked_loss_gradients(images, targets, micro)
     model = self.model
     with tf.GradientTape() as tape:
       projection, logits = model(images, training=True, blur_seed=self._blur_seed())
-      loss, values = self._losses(projection, logits, labels)
+      loss, values = self._losses(projection, logits, targets)
     gradients = tape.gradient(loss, model.trainable_variables)
     if self._scales_loss:
       gradients = self._updater.get_unscaled_gradients(gradients)
     return gradients, StepValues(**values)
 
-  def _losses(self, projection, logits, labels):
-    """(loss to differentiate, values) of a replica's whole batch: the contrastive and supervised
-    losses of the model outputs, plus weight decay; divided by the replicas, scaled if asked."""
-    config, model = self.config, self.model
-    num_replicas = tf.distribute.get_replica_context().num_replicas_in_sync
-    values = {}
+  def _targets(self, images, labels):  # pylint: disable=unused-argument
+    """What the objective compares the model's outputs with, computed outside the gradient
+    tape: here the one-hot labels (a distillation task adds the teacher's logits)."""
+    return labels
+
+  def _objective(self, projection, logits, labels, values):
+    """The per-replica loss of the model's outputs before weight decay; fills `values`."""
+    config = self.config
     loss = tf.constant(0.)
     if projection is not None:
       projection = tf.cast(projection, tf.float32)  # the loss is float32 at any precision
@@ -158,6 +162,22 @@ class SimCLRTask:
       sup_loss = supervised_loss(labels, logits)
       loss += sup_loss
       values.update(supervised_loss=sup_loss, labels=labels, logits=logits)
+    return loss
+
+  def _chunk_loss(self, logits, labels, global_batch):
+    """A chunk's share of the whole batch's per-example loss (before weight decay) when the
+    batch runs in chunks without a contrastive term: the supervised cross-entropy's sum over
+    the chunk divided by the global batch."""
+    return tf.reduce_sum(tf.nn.softmax_cross_entropy_with_logits(labels, logits)) / tf.cast(
+        global_batch, tf.float32)
+
+  def _losses(self, projection, logits, labels):
+    """(loss to differentiate, values) of a replica's whole batch: the objective of the model's
+    outputs plus weight decay; divided by the replicas, scaled if asked."""
+    config, model = self.config, self.model
+    num_replicas = tf.distribute.get_replica_context().num_replicas_in_sync
+    values = {}
+    loss = self._objective(projection, logits, labels, values)
     decay = weight_decay_loss(model.trainable_variables, config.optimizer, config.weight_decay)
     loss += decay
     values.update(weight_decay=decay, total_loss=loss)
@@ -167,7 +187,8 @@ class SimCLRTask:
     return loss, values
 
   def _chunked_loss_gradients(self, images, labels, micro):
-    """The step of `_loss_gradients` on chunks of `micro` examples, one chunk at a time.
+    """The step of `_loss_gradients` on chunks of `micro` examples, one chunk at a time
+    (`labels`: the targets, see `_targets`).
 
     Pretraining caches gradients (Gao et al. 2021): (1) forward every chunk without recording,
     keeping the projections (and linear-eval logits); (2) the whole batch's loss and its gradient
@@ -259,8 +280,8 @@ class SimCLRTask:
             seeds.append(chunk_rows(output_gradients[1], k, 2))
         else:
           logits = tf.cast(logits, tf.float32)
-          chunk_loss = tf.reduce_sum(tf.nn.softmax_cross_entropy_with_logits(
-              rows(labels, k), logits)) / tf.cast(batch * num_replicas, tf.float32)
+          chunk_loss = self._chunk_loss(
+              logits, tf.nest.map_structure(lambda t: rows(t, k), labels), batch * num_replicas)
           if self._scales_loss:
             chunk_loss = self._updater.get_scaled_loss(chunk_loss)
           targets, seeds = chunk_loss, None
@@ -291,6 +312,7 @@ class SimCLRTask:
     if self._scales_loss:
       gradients = self._updater.get_unscaled_gradients(gradients)
     return gradients, StepValues(**values)
+
 
   def _chunk_blur_seeds(self, num_chunks):
     """k -> the blur seed of chunk k: that of replica r * K + k of a K times larger run when
@@ -347,6 +369,7 @@ class StepValues(NamedTuple):
   logits_con: Optional[tf.Tensor] = None
   labels_con: Optional[tf.Tensor] = None
   supervised_loss: Optional[tf.Tensor] = None
+  distill_loss: Optional[tf.Tensor] = None
   labels: Optional[tf.Tensor] = None
   logits: Optional[tf.Tensor] = None
 

@@ -10,7 +10,8 @@ files are replaced by small stand-ins made here:
   /checkpoints/r50...        an official-layout ResNet-50 checkpoint
   /checkpoints/...           an official-layout ResNet-18 checkpoint (any other name)
   /saved_models/...          a SavedModel exported from that checkpoint
-  /tmp/X, gs://BUCKET/.../X  a run directory (--model_dir, --checkpoint; also in recipes):
+  /tmp/X, gs://BUCKET/.../X  a run directory (--model_dir, --checkpoint, --teacher_checkpoint;
+                             also in recipes):
                              ./doc_runs/X; a gs:// --data_dir is a prepared TFDS folder
 Each command runs in this process through the in-process entry point of its module (the same
 parser, checks and action as its console script), under the default one-device strategy.
@@ -80,7 +81,7 @@ TINY_TRAINING = ['--use_tpu=false', '--train_steps=2', '--checkpoint_steps=1', '
                  '--train_batch_size=8', '--eval_batch_size=8', '--image_size=8',
                  '--resnet_depth=18', '--width_multiplier=1', '--sk_ratio=0', '--se_ratio=0',
                  '--eval_timeout=1', '--use_blur=false']
-RUN_DIR_FLAGS = ('--model_dir', '--checkpoint')
+RUN_DIR_FLAGS = ('--model_dir', '--checkpoint', '--teacher_checkpoint')
 TINY_EMBEDDING = ['--max_examples=24', '--batch_size=8']
 
 
