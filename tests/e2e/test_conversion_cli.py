@@ -12,6 +12,7 @@ import tensorflow as tf
 
 torch = pytest.importorskip('torch')
 
+from commands import run_cli
 from checkpoints_conversion import convert_to_pytorch  # noqa: E402
 from checkpoints_conversion import export_saved_model as export_cli  # noqa: E402
 from checkpoints_conversion.tf_to_torch import checkpoint_to_state_dict  # noqa: E402
@@ -53,13 +54,6 @@ def _write_checkpoint(model, directory, step=0):
   global_step = tf.Variable(step, dtype=tf.int64)
   return tf.train.Checkpoint(model=model, global_step=global_step).write(
       os.path.join(str(directory), f'ckpt-{step}'))
-
-
-def run_cli(module, capsys, *args):
-  """(exit code, stdout, stderr) of a CLI run in-process."""
-  code = module.run(['prog', *args])
-  out, err = capsys.readouterr()
-  return code, out, err
 
 
 def _printed_architecture(stdout):

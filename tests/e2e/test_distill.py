@@ -6,8 +6,6 @@ device, the student's checkpoint has a fine-tuned model's golden keys, and bad t
 one-line errors before anything is written.
 """
 
-import contextlib
-import io
 import json
 import os
 
@@ -15,8 +13,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from commands import error_line, run_main
 from golden_data import read_keys
-from simclr_tf2 import run
 from simclr_tf2.config import Config
 from simclr_tf2.inference.loading import load_model
 from simclr_tf2.network.model import build_model
@@ -26,20 +24,6 @@ TINY = ['--dataset=digits', '--resnet_depth=18', '--image_size=8', '--train_batc
         '--checkpoint_steps=2', '--eval_steps=2', '--eval_batch_size=16', '--use_tpu=false',
         '--use_blur=false', '--seed=0', '--optimizer=momentum', '--warmup_epochs=0']
 NUM_TRAIN = 1437  # digits' training split
-
-
-def run_main(args):
-  """The command in this process under the default strategy: (exit code, stdout, stderr)."""
-  out, err = io.StringIO(), io.StringIO()
-  with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-    code = run.run_in_process(['run'] + list(args), strategy=tf.distribute.get_strategy())
-  return code, out.getvalue(), err.getvalue()
-
-
-def error_line(err):
-  lines = [line for line in err.splitlines() if line.strip()]
-  assert len(lines) == 1, f'expected one line on stderr, got {lines}'
-  return lines[0]
 
 
 @pytest.fixture(scope='module')

@@ -5,9 +5,7 @@ Expected values are derived by hand from the flags (learning-rate schedule, step
 decay of the supervised head, ln(10) for a zeroed 10-class head), not read back from the code.
 """
 
-import contextlib
 import glob
-import io
 import json
 import logging
 import math
@@ -20,9 +18,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from commands import error_line, run_main
 from golden_data import golden_model_tree, read_keys
 from golden_data import REPO
-from simclr_tf2 import run
 from simclr_tf2.data import distributed_dataset
 from simclr_tf2.training.evaluator import Evaluator
 from simclr_tf2.training.trainer import Trainer
@@ -55,22 +53,6 @@ EVAL_SCALARS = ('eval/regularization_loss', 'eval/label_top_1_accuracy',
 
 
 # --- helpers ---------------------------------------------------------------------------------
-
-def run_main(args):
-  """The command in this process (run.run_in_process) under the default (one-device) strategy;
-  returns (exit code, stdout, stderr). The command line's own MirroredStrategy would share
-  collective keys with conftest's two-replica strategy in this process."""
-  out, err = io.StringIO(), io.StringIO()
-  with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-    code = run.run_in_process(['run'] + list(args), strategy=tf.distribute.get_strategy())
-  return code, out.getvalue(), err.getvalue()
-
-
-def error_line(err):
-  """The single non-empty stderr line (fails if there are several)."""
-  lines = [line for line in err.splitlines() if line.strip()]
-  assert len(lines) == 1, f'expected one line on stderr, got {lines}'
-  return lines[0]
 
 
 def lr_at(step):

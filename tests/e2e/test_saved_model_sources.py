@@ -11,9 +11,7 @@ with tf.saved_model.save. Its variable list is checked against the reference's o
 
 import ast
 import atexit
-import contextlib
 import functools
-import io
 import os
 import shutil
 import tempfile
@@ -24,11 +22,11 @@ import tensorflow as tf
 
 torch = pytest.importorskip('torch')
 
+from commands import run_cli, run_main
 from golden_data import GOLDEN_DIR, REFERENCE_PARITY, plausible_value  # noqa: E402
 from checkpoints_conversion import convert_to_pytorch  # noqa: E402
 from checkpoints_conversion import export_saved_model as export_cli  # noqa: E402
 from checkpoints_conversion.torch_resnet import SimCLRTorch  # noqa: E402
-from simclr_tf2 import run  # noqa: E402
 from simclr_tf2.errors import CheckpointError  # noqa: E402
 from simclr_tf2.inference.loading import load_model  # noqa: E402
 from simclr_tf2.network.checkpoint import object_keys  # noqa: E402
@@ -94,20 +92,6 @@ def official_saved_model(arch: str, filled: bool, num_classes: int = NUM_CLASSES
 
 def images(size, batch=4, seed=3):
   return tf.random.stateless_uniform([batch, size, size, 3], seed=[seed, 0])
-
-
-def run_main(args):
-  """simclr-tf2 in this process under the default strategy: (exit code, stdout, stderr)."""
-  out, err = io.StringIO(), io.StringIO()
-  with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-    code = run.run_in_process(['run'] + list(args), strategy=tf.distribute.get_strategy())
-  return code, out.getvalue(), err.getvalue()
-
-
-def run_cli(module, capsys, *args):
-  code = module.run(['prog', *args])
-  out, err = capsys.readouterr()
-  return code, out, err
 
 
 def read_golden_variables():
@@ -375,6 +359,18 @@ def test_unsupported_sources_get_one_line_errors(kind, tmp_path, capsys):
 
 # --- ft_proj_selector: from the run's config.json, or said to be unknown -------------------------
 
+def _assert_converted_logits(capsys, tmp_path, source_flag, x, expected, scale):
+  """simclr-convert-to-pytorch of a source fine-tuned with ft_proj_selector=1 finds the selector
+  and its PyTorch module reproduces the expected logits_sup."""
+  output = str(tmp_path / 'weights.pth')
+  code, out, err = run_cli(convert_to_pytorch, capsys, source_flag, f'--output={output}')
+  assert code == 0, err
+  architecture = printed_architecture(out)
+  assert architecture['ft_proj_selector'] == 1
+  converted = torch_endpoints(read_output(output), architecture, x)['logits_sup'].numpy()
+  np.testing.assert_allclose(converted, expected, rtol=0, atol=1e-4 * scale)
+
+
 @pytest.fixture(scope='module')
 def selector_run(tmp_path_factory):
   """A run fine-tuned from the first projection layer (the SimCLRv2 1%/10% setting): its head
@@ -422,14 +418,7 @@ def test_export_and_conversion_keep_ft_proj_selector(selector_run, tmp_path, cap
     assert code == 0, err
     exported = tf.saved_model.load(export_dir)(x, trainable=False)['logits_sup'].numpy()
     np.testing.assert_allclose(exported, expected, rtol=0, atol=tolerance)
-    output = str(tmp_path / 'weights.pth')
-    code, out, err = run_cli(convert_to_pytorch, capsys, f'--checkpoint={source}',
-                             f'--output={output}')
-    assert code == 0, err
-    architecture = printed_architecture(out)
-    assert architecture['ft_proj_selector'] == 1
-    converted = torch_endpoints(read_output(output), architecture, x)['logits_sup'].numpy()
-    np.testing.assert_allclose(converted, expected, rtol=0, atol=1e-4 * scale)
+    _assert_converted_logits(capsys, tmp_path, f'--checkpoint={source}', x, expected, scale)
 
   # Without config.json the flag decides; without the flag the tools say they cannot tell.
   caplog.clear()
@@ -463,12 +452,5 @@ def test_saved_model_decides_ft_proj_selector_by_its_outputs(filled, tmp_path, c
   loaded = load_model(directory)
   assert loaded.config.ft_proj_selector == 1
   np.testing.assert_allclose(_logits(loaded.model, x), expected, rtol=0, atol=1e-6 * scale)
-  output = str(tmp_path / 'weights.pth')
-  code, out, err = run_cli(convert_to_pytorch, capsys, f'--saved_model={directory}',
-                           f'--output={output}')
-  assert code == 0, err
-  architecture = printed_architecture(out)
-  assert architecture['ft_proj_selector'] == 1
-  converted = torch_endpoints(read_output(output), architecture, x)['logits_sup'].numpy()
-  np.testing.assert_allclose(converted, expected, rtol=0, atol=1e-4 * scale)
+  _assert_converted_logits(capsys, tmp_path, f'--saved_model={directory}', x, expected, scale)
   assert 'cannot be told' not in caplog.text
