@@ -79,7 +79,7 @@ def torch_conversion():
     from checkpoints_conversion import tf_to_torch  # pylint: disable=import-outside-toplevel
   except ImportError as error:
     raise ImportError(f'conversion to PyTorch needs PyTorch and safetensors ({error}): '
-                      'pip install "simclr_tf2[torch]"') from None
+                      'pip install torch safetensors (the [torch] extra of simclr_tf2)') from None
   return tf_to_torch
 
 

@@ -1,6 +1,6 @@
 """PNG pictures of embeddings: 2-D scatter coloured by class and a map of thumbnails.
 
-Needs matplotlib (the `plots` extra: `pip install simclr_tf2[plots]`); drawn with the Agg
+Needs matplotlib (the `plots` extra: `pip install -e ".[plots]"` in a clone); drawn with the Agg
 canvas directly, so no display and no global pyplot state. Seeds are fixed: the same embeddings
 give the same picture.
 """
@@ -22,8 +22,8 @@ def require_matplotlib():
   try:
     import matplotlib  # pylint: disable=import-outside-toplevel
   except ImportError:
-    raise ImportError('plots need matplotlib: pip install simclr_tf2[plots] (or pip install '
-                      'matplotlib)') from None
+    raise ImportError('plots need matplotlib: pip install matplotlib (the [plots] extra of '
+                      'simclr_tf2)') from None
   return matplotlib
 
 

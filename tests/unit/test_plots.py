@@ -77,7 +77,7 @@ def test_write_plots_files(tmp_path):
 
 def test_missing_matplotlib_is_a_one_line_error(monkeypatch, capsys):
   monkeypatch.setitem(sys.modules, 'matplotlib', None)  # makes `import matplotlib` fail
-  with pytest.raises(ImportError, match=r'pip install simclr_tf2\[plots\]'):
+  with pytest.raises(ImportError, match=r'pip install matplotlib \(the \[plots\] extra'):
     plots.require_matplotlib()
   # The tool checks before loading anything (the source does not even exist).
   code = embed.run(['embed', '--source=/nonexistent', '--output_dir=/nonexistent/out',
