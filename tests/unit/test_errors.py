@@ -1,6 +1,7 @@
 """errors: one-line messages and OS failures turned into one-line FileSystemErrors."""
 
 import os
+import sys
 
 import pytest
 import tensorflow as tf
@@ -64,3 +65,18 @@ def test_os_failure_reasons(code, reason):
       tf.errors.UnknownError(None, None, f'x; {os.strerror(code)}')) == reason
 
 
+
+
+def test_conversion_without_pytorch_is_one_line(monkeypatch, capsys, tmp_path):
+  """simclr-convert-to-pytorch on a base install (no torch): one line naming what to install."""
+  from checkpoints_conversion import convert_to_pytorch  # pylint: disable=import-outside-toplevel
+  monkeypatch.setitem(sys.modules, 'torch', None)  # `import torch` fails
+  for module in ('checkpoints_conversion.tf_to_torch', 'checkpoints_conversion.torch_resnet'):
+    monkeypatch.delitem(sys.modules, module, raising=False)
+  code = convert_to_pytorch.run(['prog', '--checkpoint=/nonexistent',
+                                 f'--output={tmp_path / "weights.pth"}'])
+  err = capsys.readouterr().err
+  assert code == 1 and err.count('\n') == 1, err
+  assert err.startswith('error: conversion to PyTorch needs PyTorch') and \
+      'pip install torch safetensors' in err
+  assert not (tmp_path / 'weights.pth').exists()
