@@ -237,6 +237,9 @@ class Config:
       # (merge_call in control flow); and a chunk could not see the whole batch's statistics.
       _fail('micro_batch_size', self.micro_batch_size, 'needs --global_bn=false: a chunk is a '
             'batch-norm batch (the same thing as global_bn on one device; docs/training.md)')
+    if self.micro_batch_size and self.jit_compile:
+      _fail('micro_batch_size', self.micro_batch_size, 'does not work with --jit_compile=true '
+            '(XLA does not compile the chunk loop); use one or the other')
     if self.knn_monitor_steps and self.dataset == 'image_folder_unlabeled':
       _fail('knn_monitor_steps', self.knn_monitor_steps, 'needs labels; dataset '
             'image_folder_unlabeled has none')

@@ -175,3 +175,9 @@ def test_bad_micro_batch_sizes_are_one_line_config_errors(value, batch, global_b
   with pytest.raises(ConfigError, match=message) as error:
     _config(micro_batch_size=value, train_batch_size=batch, global_bn=global_bn)
   assert '\n' not in str(error.value)
+
+
+def test_micro_batches_are_not_xla_compiled():
+  with pytest.raises(ConfigError, match='does not work with --jit_compile=true') as error:
+    _config(micro_batch_size=4, jit_compile=True)
+  assert '\n' not in str(error.value)
