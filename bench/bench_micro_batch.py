@@ -42,7 +42,7 @@ def worker(args):
   spec = json.loads(args.worker)
   config = Config(resnet_depth=spec['depth'], image_size=spec['size'],
                   train_batch_size=spec['batch'], micro_batch_size=spec['micro'],
-                  use_tpu=False, seed=0)
+                  use_tpu=False, seed=0, global_bn=False)  # one device: the same BN
   task = SimCLRTask(config, num_classes=10)
   task.build_optimizer(num_train_examples=50000)
   images = tf.random.uniform([spec['batch'], spec['size'], spec['size'], 6], seed=1)

@@ -148,7 +148,8 @@ class Config:
       '(must divide the per-replica batch): the memory of a chunk, the loss of the whole batch. '
       'Pretraining caches the projections\' gradients (exact NT-Xent over the whole batch); '
       'finetuning accumulates gradients. A chunk is a batch-norm batch: as many times more '
-      'replicas with --global_bn=false (docs/training.md). 0 = no chunking.', official=False)
+      'replicas with --global_bn=false, which it needs (docs/training.md). 0 = no chunking.',
+      official=False)
   teacher_checkpoint: Optional[str] = _flag(
       None, 'train_mode=distill: the frozen teacher, a fine-tuned model with a supervised head: '
       'a run\'s model_dir, a checkpoint prefix or directory (this project\'s or the official '
@@ -260,6 +261,14 @@ class Config:
                                   self.train_batch_size % self.micro_batch_size):
       _fail('micro_batch_size', self.micro_batch_size, 'must divide the per-replica training '
             f'batch (train_batch_size={self.train_batch_size} / replicas); 0 = no chunking')
+    if self.micro_batch_size and self.global_bn:
+      # Synchronised batch norm all-reduces inside the chunk loop, which tf.distribute cannot run
+      # (merge_call in control flow); and a chunk could not see the whole batch's statistics.
+      _fail('micro_batch_size', self.micro_batch_size, 'needs --global_bn=false: a chunk is a '
+            'batch-norm batch (the same thing as global_bn on one device; docs/training.md)')
+    if self.micro_batch_size and self.jit_compile:
+      _fail('micro_batch_size', self.micro_batch_size, 'does not work with --jit_compile=true '
+            '(XLA does not compile the chunk loop); use one or the other')
     if self.knn_monitor_steps and self.dataset == 'image_folder_unlabeled':
       _fail('knn_monitor_steps', self.knn_monitor_steps, 'needs labels; dataset '
             'image_folder_unlabeled has none')

@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from simclr_tf2 import run
+from simclr_tf2.training.runner import run
 from simclr_tf2.config import Config
 from simclr_tf2.errors import ConfigError
 
 TINY = dict(dataset='digits', resnet_depth=18, image_size=8, train_batch_size=16,
-            micro_batch_size=4, checkpoint_steps=2, use_tpu=False, seed=0, mode='train',
-            proj_out_dim=16)
+            micro_batch_size=4, global_bn=False, checkpoint_steps=2, use_tpu=False, seed=0,
+            mode='train', proj_out_dim=16)
 
 
 def _values(model_dir, step):
@@ -23,9 +23,9 @@ def _values(model_dir, step):
 
 def test_chunked_run_resumed_halfway_equals_the_uninterrupted_run(tmp_path):
   whole, halves = str(tmp_path / 'whole'), str(tmp_path / 'halves')
-  run.run(Config(**TINY, train_steps=4, model_dir=whole), export=False)
-  run.run(Config(**TINY, train_steps=2, model_dir=halves), export=False)
-  run.run(Config(**TINY, train_steps=4, model_dir=halves), export=False)  # resumes at 2
+  run(Config(**TINY, train_steps=4, model_dir=whole), export=False)
+  run(Config(**TINY, train_steps=2, model_dir=halves), export=False)
+  run(Config(**TINY, train_steps=4, model_dir=halves), export=False)  # resumes at 2
   expected, actual = _values(whole, 4), _values(halves, 4)
   assert actual.keys() == expected.keys()
   for key, value in expected.items():  # blur seeded per (step, chunk): bit for bit
@@ -38,5 +38,5 @@ def test_micro_batch_larger_than_the_per_replica_batch_fails_before_writing(
   config = Config(**{**TINY, 'micro_batch_size': 16}, train_steps=2, model_dir=str(model_dir))
   with pytest.raises(ConfigError, match=r'--micro_batch_size=16 does not divide the '
                      r'per-replica batch of 8 images'):
-    run.run(config, strategy=two_replica_strategy)
+    run(config, strategy=two_replica_strategy)
   assert not model_dir.exists()

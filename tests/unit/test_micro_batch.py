@@ -168,9 +168,16 @@ def test_one_chunk_is_the_plain_step_bit_for_bit(overrides, no_graph_rewrites):
     np.testing.assert_array_equal(actual.numpy(), expected.numpy(), err_msg=actual.name)
 
 
-@pytest.mark.parametrize('value,batch,message', [
-    (3, 8, 'must divide'), (16, 8, 'must divide'), (-4, 8, 'must be >= 0')])
-def test_bad_micro_batch_sizes_are_one_line_config_errors(value, batch, message):
+@pytest.mark.parametrize('value,batch,global_bn,message', [
+    (3, 8, False, 'must divide'), (16, 8, False, 'must divide'), (-4, 8, False, 'must be >= 0'),
+    (4, 8, True, 'needs --global_bn=false')])
+def test_bad_micro_batch_sizes_are_one_line_config_errors(value, batch, global_bn, message):
   with pytest.raises(ConfigError, match=message) as error:
-    _config(micro_batch_size=value, train_batch_size=batch)
+    _config(micro_batch_size=value, train_batch_size=batch, global_bn=global_bn)
+  assert '\n' not in str(error.value)
+
+
+def test_micro_batches_are_not_xla_compiled():
+  with pytest.raises(ConfigError, match='does not work with --jit_compile=true') as error:
+    _config(micro_batch_size=4, jit_compile=True)
   assert '\n' not in str(error.value)
