@@ -56,11 +56,10 @@ class Config:
   cache_dataset: bool = _flag(False, 'Whether to cache the decoded split in memory.')
   mode: str = _flag('train', 'Whether to train, evaluate, or train then evaluate.',
                     choices=('train', 'eval', 'train_then_eval'))
-  train_mode: str = _flag('pretrain', 'pretrain = SimCLR contrastive pretraining; '
-                          'finetune = supervised training (linear eval with fine_tune_after_block=4); '
-                          'distill = train a student on the outputs of a frozen --teacher_checkpoint '
-                          '(SimCLRv2 stage 3; an addition).',
-                          choices=TRAIN_MODES)
+  train_mode: str = _flag(
+      'pretrain', 'pretrain = SimCLR contrastive pretraining; finetune = supervised training '
+      '(linear eval with fine_tune_after_block=4); distill = train a student on the outputs of '
+      'a frozen --teacher_checkpoint (SimCLRv2 stage 3; an addition).', choices=TRAIN_MODES)
   lineareval_while_pretraining: bool = _flag(
       True, 'Train a linear head on stop-gradient features while pretraining.')
   checkpoint: Optional[str] = _flag(

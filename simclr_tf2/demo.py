@@ -103,7 +103,8 @@ def _representation_scores(pretrain, model_dir, strategy):
 
 SEMI_LABEL_FRACTION = 0.1
 SEMI_FINETUNE = dict(mode='train_then_eval', train_mode='finetune',
-                     label_fraction=SEMI_LABEL_FRACTION, fine_tune_after_block=-1, optimizer='momentum', learning_rate=0.4,
+                     label_fraction=SEMI_LABEL_FRACTION, fine_tune_after_block=-1,
+                     optimizer='momentum', learning_rate=0.4,
                      weight_decay=1e-4, warmup_epochs=0., train_batch_size=64,
                      eval_batch_size=360, use_blur=False)
 SEMI_DISTILL = dict(mode='train_then_eval', train_mode='distill', optimizer='momentum',

@@ -69,7 +69,8 @@ def test_label_weight_mixes_distillation_and_supervised_loss(weight):
   config = Config(**DISTILL, distill_temperature=2., distill_label_weight=weight)
   task = DistillationTask(config, Teacher(_FixedTeacher(teacher_logits), 10, 'fixed'))
   values = {}
-  loss = task._objective(images, task._targets(images, labels), values)  # pylint: disable=protected-access
+  # pylint: disable=protected-access
+  loss = task._objective(images, task._targets(images, labels), values)
   # Batch-norm in training mode is deterministic: the same call gives the student's logits.
   _, student = task.model(images, training=True)
   s = student.numpy().astype(np.float64)
@@ -131,6 +132,7 @@ def test_semi_supervised_recipes_parse_into_the_paper_stages():
   self_distill, small = recipe('simclrv2_self_distill'), recipe('simclrv2_distill_to_r50')
   assert (self_distill.train_mode, self_distill.distill_temperature,
           self_distill.distill_label_weight, self_distill.train_epochs,
-          self_distill.resnet_depth, self_distill.width_multiplier) == ('distill', 1., 0., 400, 152, 3)
+          self_distill.resnet_depth, self_distill.width_multiplier) == (
+              'distill', 1., 0., 400, 152, 3)
   assert (small.resnet_depth, small.width_multiplier, small.sk_ratio,
           small.teacher_checkpoint) == (50, 1, 0., self_distill.teacher_checkpoint)
