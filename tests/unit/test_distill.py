@@ -1,6 +1,6 @@
 """Distillation (train_mode=distill): the loss against hand-computed values, the label-weight
-mix, the settings' validation and the metrics' names. No training run (tests/e2e/test_distill.py
-trains)."""
+mix, the settings' validation and the metrics' names. No training run
+(tests/e2e/test_distill_training.py trains)."""
 
 import math
 

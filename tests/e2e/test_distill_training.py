@@ -210,3 +210,21 @@ def test_distillation_trains_at_reduced_precision(teacher_run, tmp_path, precisi
   reader = tf.train.load_checkpoint(str(model_dir / 'ckpt-2'))
   dtypes = reader.get_variable_to_dtype_map()
   assert {dtypes[k] for k in dtypes if k.startswith('model/')} == {tf.float32}
+
+
+@pytest.mark.slow
+def test_semi_supervised_demo_runs_the_three_stages(tmp_path, capsys):
+  from simclr_tf2.demo import run_semi_supervised_demo  # pylint: disable=import-outside-toplevel
+  rows = run_semi_supervised_demo(str(tmp_path), pretrain_epochs=1, finetune_steps=2,
+                                  distill_epochs=1, strategy=tf.distribute.get_strategy())
+  assert list(rows) == ['(a) supervised, 10% labels', '(b) pretrain + fine-tune 10%',
+                        '(c) (b) distilled, no labels']
+  for row in rows.values():
+    assert 0 <= row['top_1'] <= 1 and row['images_per_second'] > 0
+    assert row['parameters'] == rows['(a) supervised, 10% labels']['parameters']
+  # Both fine-tunings train on the same recorded 10%: 14 images of each digit.
+  subsets = [json.loads((tmp_path / name / 'label_subset.json').read_text())['example_ids']
+             for name in ('a_supervised_10pct', 'b_pretrain_finetune_10pct')]
+  assert subsets[0] == subsets[1] and len(subsets[0]) == 140
+  assert 'test top-1' in capsys.readouterr().out
+  assert (tmp_path / 'semi_supervised_results.json').exists()
