@@ -145,7 +145,8 @@ class Config:
       '(must divide the per-replica batch): the memory of a chunk, the loss of the whole batch. '
       'Pretraining caches the projections\' gradients (exact NT-Xent over the whole batch); '
       'finetuning accumulates gradients. A chunk is a batch-norm batch: as many times more '
-      'replicas with --global_bn=false, which it needs (docs/training.md). 0 = no chunking.', official=False)
+      'replicas with --global_bn=false, which it needs (docs/training.md). 0 = no chunking.',
+      official=False)
   allow_non_finite_checkpoint: bool = _flag(
       False, 'Restore checkpoints containing NaN/inf values instead of refusing them '
       '(for inspecting a diverged run).', official=False)

@@ -47,8 +47,9 @@ def check_before_writing(config: Config, source, strategy: tf.distribute.Strateg
   """Everything knowable before anything is written; returns the number of training examples.
 
   The splits the mode uses exist and are non-empty, both batch sizes divide among the
-  replicas, micro_batch_size divides the per-replica training batch, model_dir is (or can become) a writable directory, its checkpoint state file parses,
-  and a `--checkpoint` to start from exists.
+  replicas, micro_batch_size divides the per-replica training batch, model_dir is (or can
+  become) a writable directory, its checkpoint state file parses, and a `--checkpoint` to start
+  from exists.
   """
   if not config.model_dir:
     raise ConfigError('--model_dir is required')

@@ -1,4 +1,4 @@
-"""--micro_batch_size through run(config): exact resume, and the per-replica check before writing."""
+"""--micro_batch_size through run(config): exact resume; the per-replica check before writing."""
 
 import os
 
