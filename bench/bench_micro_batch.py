@@ -4,7 +4,8 @@
                                       [--json=FILE]
 
 Per model: a plain step of the chunk size, the large batch in chunks of that size, and the large
-batch in one plain step (left out with --quick); --divide=N divides every batch size by N. Every variant runs in a fresh process (this
+batch in one plain step (left out with --quick); --divide=N divides every batch size by
+N. Every variant runs in a fresh process (this
 script with --worker), round-robin `repeats` times, so machine noise hits all alike; figures are
 medians over repeats. Pretraining steps (SimCLRTask.train_step under tf.function, LARS, blur,
 linear-eval head) on synthetic images already in memory: the step alone, no input pipeline.

@@ -135,6 +135,25 @@ def test_two_chunks_equal_two_replicas_without_global_bn(two_replica_strategy, t
   assert int(chunked.global_step) == 3
 
 
+def test_chunks_on_two_replicas_equal_as_many_chunks_on_one_device(two_replica_strategy):
+  """2 replicas x 2 chunks and 1 device x 4 chunks are both the 4-replica step: chunking works
+  under MirroredStrategy (negatives gathered across replicas, per-replica moving statistics)."""
+  config = _config(micro_batch_size=2)
+  batches = _batches(config, steps=2)
+  with two_replica_strategy.scope():
+    distributed = _task(config, two_replica_strategy)
+  one_device = _task(config, weights=distributed.model.get_weights())
+  expected = _single_device_steps(one_device, batches)
+  actual = _replica_steps(distributed, two_replica_strategy, batches)
+  for (gradients, values), (expected_gradients, expected_values) in zip(actual, expected):
+    np.testing.assert_allclose(values['total_loss'], expected_values['total_loss'], rtol=RTOL)
+    for g, e in zip(gradients, expected_gradients):
+      assert (g is None) == (e is None)
+      if g is not None:
+        assert _relative_error(g, e) <= RTOL
+  _assert_state_close(distributed.model, one_device.model)
+
+
 @pytest.fixture
 def no_graph_rewrites():
   """Grappler fuses the optimizer's update arithmetic differently next to a loop (one float32
