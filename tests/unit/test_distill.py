@@ -68,12 +68,10 @@ def test_label_weight_mixes_distillation_and_supervised_loss(weight):
   images = tf.constant(rng.uniform(size=[4, 8, 8, 3]).astype(np.float32))
   config = Config(**DISTILL, distill_temperature=2., distill_label_weight=weight)
   task = DistillationTask(config, Teacher(_FixedTeacher(teacher_logits), 10, 'fixed'))
-  values = {}
-  # pylint: disable=protected-access
-  loss = task._objective(images, task._targets(images, labels), values)
-  # Batch-norm in training mode is deterministic: the same call gives the student's logits.
-  _, student = task.model(images, training=True)
-  s = student.numpy().astype(np.float64)
+  # The step's own computation (public), without the update: its values hold the student's
+  # logits, the distillation loss and the total loss.
+  _, values = task.compute_gradients(images, tf.constant(labels))
+  s = values.logits.numpy().astype(np.float64)
 
   def log_softmax(x):
     x = x - x.max(1, keepdims=True)
@@ -82,11 +80,12 @@ def test_label_weight_mixes_distillation_and_supervised_loss(weight):
   p = np.exp(log_softmax(teacher_logits / 2.))
   kd = 4. * np.mean(-(p * log_softmax(s / 2.)).sum(1))
   ce = np.mean(-(labels * log_softmax(s)).sum(1))
-  assert float(values['distill_loss']) == pytest.approx(kd, rel=1e-5)
-  assert float(loss) == pytest.approx((1 - weight) * kd + weight * ce, rel=1e-5)
-  assert ('supervised_loss' in values) == (weight > 0)
+  assert float(values.distill_loss) == pytest.approx(kd, rel=1e-5)
+  assert float(values.total_loss - values.weight_decay) == pytest.approx(
+      (1 - weight) * kd + weight * ce, rel=1e-5)
+  assert (values.supervised_loss is not None) == (weight > 0)
   if weight == 0:  # accuracy is then agreement with the teacher's argmax
-    np.testing.assert_array_equal(np.argmax(values['labels'], 1), np.argmax(teacher_logits, 1))
+    np.testing.assert_array_equal(np.argmax(values.labels, 1), np.argmax(teacher_logits, 1))
 
 
 @pytest.mark.parametrize('setting, value, message', [
