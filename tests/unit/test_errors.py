@@ -69,10 +69,12 @@ def test_os_failure_reasons(code, reason):
 
 def test_conversion_without_pytorch_is_one_line(monkeypatch, capsys, tmp_path):
   """simclr-convert-to-pytorch on a base install (no torch): one line naming what to install."""
+  import checkpoints_conversion  # pylint: disable=import-outside-toplevel
   from checkpoints_conversion import convert_to_pytorch  # pylint: disable=import-outside-toplevel
   monkeypatch.setitem(sys.modules, 'torch', None)  # `import torch` fails
-  for module in ('checkpoints_conversion.tf_to_torch', 'checkpoints_conversion.torch_resnet'):
-    monkeypatch.delitem(sys.modules, module, raising=False)
+  for module in ('tf_to_torch', 'torch_resnet'):  # as if never imported in this process
+    monkeypatch.delitem(sys.modules, f'checkpoints_conversion.{module}', raising=False)
+    monkeypatch.delattr(checkpoints_conversion, module, raising=False)
   code = convert_to_pytorch.run(['prog', '--checkpoint=/nonexistent',
                                  f'--output={tmp_path / "weights.pth"}'])
   err = capsys.readouterr().err
