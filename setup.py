@@ -14,7 +14,6 @@ setup(
     long_description=(HERE / 'README.md').read_text(encoding='utf-8'),
     long_description_content_type='text/markdown',
     license='Apache-2.0',  # as the reference implementation
-    classifiers=['License :: OSI Approved :: Apache Software License'],
     packages=find_packages(include=['simclr_tf2', 'simclr_tf2.*', 'checkpoints_conversion',
                                     'checkpoints_conversion.*']) + ['simclr_tf2.flagfiles'],
     # The recipes stay in one copy at the top-level flags/ and install as simclr_tf2/flagfiles/
