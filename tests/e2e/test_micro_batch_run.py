@@ -24,9 +24,11 @@ def _values(model_dir, step):
 def test_chunked_run_resumed_halfway_equals_the_uninterrupted_run(tmp_path):
   whole, halves = str(tmp_path / 'whole'), str(tmp_path / 'halves')
   tiny = dict(TINY, checkpoint_steps=1)
-  run(Config(**tiny, train_steps=2, model_dir=whole), export=False)
-  run(Config(**tiny, train_steps=1, model_dir=halves), export=False)
-  run(Config(**tiny, train_steps=2, model_dir=halves), export=False)  # resumes at 1
+  # One device: a second MirroredStrategy in this process would clash with conftest's.
+  one_device = tf.distribute.get_strategy()
+  run(Config(**tiny, train_steps=2, model_dir=whole), one_device, export=False)
+  run(Config(**tiny, train_steps=1, model_dir=halves), one_device, export=False)
+  run(Config(**tiny, train_steps=2, model_dir=halves), one_device, export=False)  # resumes
   expected, actual = _values(whole, 2), _values(halves, 2)
   assert actual.keys() == expected.keys()
   for key, value in expected.items():  # blur seeded per (step, chunk): bit for bit
