@@ -170,9 +170,9 @@ def _model_facts(saved_model, config):
   import tensorflow as tf
   from simclr_tf2.data import get_source
   from simclr_tf2.inference.loading import load_model
-  from simclr_tf2.network.export import loaded_model_variables
+  from simclr_tf2.network.export import read_saved_model_variables
   loaded = load_model(saved_model)
-  variables = loaded_model_variables(loaded.model.loaded)
+  variables = read_saved_model_variables(saved_model)
   parameters = int(sum(np.prod(v.shape) for v in variables.values()))
   source = get_source(config.dataset, image_size=config.image_size)
   images = next(iter(source.as_dataset(config.eval_split, shuffle_files=False).batch(

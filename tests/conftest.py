@@ -20,6 +20,7 @@ tf.config.set_logical_device_configuration(
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
 from golden_data import GOLDEN_DIR  # noqa: E402
+from image_folders import write_image_folder  # noqa: E402
 
 TWO_CPUS = ['/cpu:0', '/cpu:1']
 
@@ -34,3 +35,18 @@ def two_replica_strategy():
   # One strategy per process: separate MirroredStrategy objects reuse collective instance keys,
   # and the runtime then mixes up their all-reduces.
   return tf.distribute.MirroredStrategy(devices=TWO_CPUS)
+
+
+@pytest.fixture
+def folder(tmp_path):
+  """An image folder with every format case and two corrupt files (image_folders.py)."""
+  return write_image_folder(tmp_path)
+
+
+@pytest.fixture
+def elsewhere(tmp_path, monkeypatch):
+  """An empty working directory outside the repository."""
+  cwd = tmp_path / 'cwd'
+  cwd.mkdir()
+  monkeypatch.chdir(cwd)
+  return cwd

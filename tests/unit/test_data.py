@@ -1,13 +1,12 @@
 """Dataset sources and the input pipeline."""
 
-import io
 import logging
 
 import numpy as np
 import pytest
 import tensorflow as tf
-from PIL import Image
 
+from image_folders import RGBA, save_image
 from simclr_tf2 import data
 from simclr_tf2.data import distributed_dataset
 from simclr_tf2.config import Config
@@ -73,39 +72,6 @@ def test_digits_input_pipelines_read_disjoint_shards(digits):
 
 # --- image folders ----------------------------------------------------------------------------
 
-def _save(path, array, fmt, mode=None):
-  path.parent.mkdir(parents=True, exist_ok=True)
-  Image.fromarray(array, mode).save(path, fmt)
-
-
-def _jpeg_bytes(array):
-  buffer = io.BytesIO()
-  Image.fromarray(array).save(buffer, 'JPEG')
-  return buffer.getvalue()
-
-
-RGBA = np.zeros((5, 7, 4), np.uint8)
-RGBA[...] = (10, 200, 30, 128)
-
-
-@pytest.fixture
-def folder(tmp_path):
-  """train: cat (RGB JPEG 20x30, gray PNG 17x9), dog (RGBA PNG 5x7, gray JPEG 11x13, 2 corrupt);
-  test: cat (1), bird (1); plus files to be ignored."""
-  rng = np.random.RandomState(0)
-  _save(tmp_path / 'train/cat/a.jpg', rng.randint(0, 256, (20, 30, 3), np.uint8), 'JPEG')
-  _save(tmp_path / 'train/cat/b.png', rng.randint(0, 256, (17, 9), np.uint8), 'PNG', 'L')
-  _save(tmp_path / 'train/dog/c.PNG', RGBA, 'PNG', 'RGBA')
-  _save(tmp_path / 'train/dog/d.jpeg', rng.randint(0, 256, (11, 13), np.uint8), 'JPEG', 'L')
-  (tmp_path / 'train/dog/bad.jpg').write_bytes(b'not an image at all')
-  jpeg = _jpeg_bytes(rng.randint(0, 256, (40, 40, 3), np.uint8))
-  (tmp_path / 'train/dog/truncated.jpg').write_bytes(jpeg[:len(jpeg) // 2])
-  (tmp_path / 'train/dog/notes.txt').write_text('ignored')
-  _save(tmp_path / 'test/cat/e.jpg', rng.randint(0, 256, (8, 8, 3), np.uint8), 'JPEG')
-  _save(tmp_path / 'test/bird/f.png', rng.randint(0, 256, (8, 8, 3), np.uint8), 'PNG')
-  return tmp_path
-
-
 def test_image_folder_reads_formats_and_skips_corrupt_files(folder, caplog):
   source = data.get_source('image_folder', str(folder))
   assert source.class_names == ['bird', 'cat', 'dog'] and source.num_classes == 3
@@ -126,7 +92,7 @@ def test_image_folder_lists_without_decoding(folder):
   """Construction reads directories only: a file that appears later is not seen, one that
   becomes unreadable later is skipped when read."""
   source = data.get_source('image_folder', str(folder))
-  _save(folder / 'train/cat/late.png', RGBA, 'PNG', 'RGBA')
+  save_image(folder / 'train/cat/late.png', RGBA, 'PNG', 'RGBA')
   (folder / 'train/cat/a.jpg').write_bytes(b'broken after listing')
   assert source.num_examples('train') == 6
   labels = [label for _, label in source.as_dataset('train', False).as_numpy_iterator()]
@@ -159,8 +125,8 @@ def test_image_folder_corrupt_file_is_an_error_when_not_skipping(folder):
 
 def test_image_folder_unlabeled(folder):
   (folder / 'train/flat').mkdir()
-  _save(folder / 'train/flat/x.png', RGBA, 'PNG', 'RGBA')
-  _save(folder / 'train/flat/y.jpg', np.zeros((3, 4, 3), np.uint8), 'JPEG')
+  save_image(folder / 'train/flat/x.png', RGBA, 'PNG', 'RGBA')
+  save_image(folder / 'train/flat/y.jpg', np.zeros((3, 4, 3), np.uint8), 'JPEG')
   source = data.get_source('image_folder_unlabeled', str(folder / 'train'))
   assert source.num_classes == 1
   labels = [label for _, label in source.as_dataset('flat', False).as_numpy_iterator()]
@@ -181,7 +147,7 @@ def test_image_folder_missing_or_empty_is_an_error_at_construction(tmp_path):
     data.get_source('image_folder_unlabeled', str(tmp_path))
   (tmp_path / 'train/cat').mkdir()
   (tmp_path / 'train/dog').mkdir()
-  _save(tmp_path / 'train/dog/x.png', RGBA, 'PNG', 'RGBA')
+  save_image(tmp_path / 'train/dog/x.png', RGBA, 'PNG', 'RGBA')
   (tmp_path / 'train/cat/notes.txt').write_text('not an image')
   with pytest.raises(ValueError, match=f'^image_folder: no images .* in {tmp_path}/train/cat$'):
     data.get_source('image_folder', str(tmp_path))
@@ -256,7 +222,7 @@ COLOUR = np.array([51, 128, 204], np.uint8)
 def colour_folder(tmp_path):
   """Two constant-colour training images: only colour augmentation can change their colour."""
   for name in ('x.png', 'y.png'):
-    _save(tmp_path / 'train/only' / name, np.tile(COLOUR, (12, 10, 1)), 'PNG')
+    save_image(tmp_path / 'train/only' / name, np.tile(COLOUR, (12, 10, 1)), 'PNG')
   return data.get_source('image_folder', str(tmp_path))
 
 

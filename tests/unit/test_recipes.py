@@ -20,15 +20,6 @@ from simclr_tf2.demo import recipe
 FLAGS_DIR = REPO / 'flags'
 
 
-@pytest.fixture(name='elsewhere')
-def elsewhere_fixture(tmp_path, monkeypatch):
-  """An empty working directory outside the repository."""
-  cwd = tmp_path / 'cwd'
-  cwd.mkdir()
-  monkeypatch.chdir(cwd)
-  return cwd
-
-
 def write(path, *lines):
   path.parent.mkdir(parents=True, exist_ok=True)
   path.write_text('\n'.join(lines) + '\n')
