@@ -63,7 +63,8 @@ class Config:
   lineareval_while_pretraining: bool = _flag(
       True, 'Train a linear head on stop-gradient features while pretraining.')
   checkpoint: Optional[str] = _flag(
-      None, 'Checkpoint prefix or directory to initialise the model from when model_dir has none.')
+      None, 'Checkpoint prefix or directory, or SavedModel, to initialise the model from when '
+      'model_dir has none; with --mode=eval, the one model to evaluate.')
   zero_init_logits_layer: bool = _flag(
       False, 'Zero-initialise the supervised head after restoring from --checkpoint.')
   fine_tune_after_block: int = _flag(

@@ -57,13 +57,13 @@ def main(values, strategy=None) -> int:
   with worker_failures(strategy):  # another worker stopped: one line naming it, on every other
     result = run(config, strategy, callbacks=default_callbacks(config, progress_bar=quiet),
                  flag_values=flag_values_json(values), log_file=True, eval_progress_bar=quiet)
-  log_dir = config.model_dir if config.mode != 'eval' else os.path.join(config.model_dir,
-                                                                         EVAL_SUBDIR)
+  output_dir = config.model_dir if config.mode != 'eval' else os.path.join(config.model_dir,
+                                                                            EVAL_SUBDIR)
   chief = is_chief(strategy)  # the other workers of a cluster write no results and no log
   console.print_summary(result.metrics or {}, {
       'checkpoint': result.checkpoint, 'saved_model': result.saved_model,
-      'results': chief and result.metrics and os.path.join(config.model_dir, 'result.json'),
-      'log': chief and os.path.join(log_dir, console.LOG_FILE_NAME)},
+      'results': chief and result.metrics and os.path.join(output_dir, 'result.json'),
+      'log': chief and os.path.join(output_dir, console.LOG_FILE_NAME)},
       seconds=time.monotonic() - start)
   return 0
 

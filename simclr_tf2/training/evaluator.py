@@ -1,7 +1,8 @@
 """Evaluation of checkpoints (top-1/top-5 of the supervised head), result files and exports.
 
   Evaluator(task, model_dir, dataset_fn, eval_steps)   evaluate one checkpoint, or every one
-                                                        that appears (mode=eval, K9 fixed)
+                                                        that appears in model_dir (mode=eval,
+                                                        K9 fixed); write into output_dir
   export_model(task, model_dir, global_step)            SavedModel model_dir/saved_model/<step>
 """
 
@@ -27,10 +28,11 @@ EVAL_POLL_SECONDS = 15
 
 class Evaluator:
   """Evaluates checkpoints with the task's eval_step; writes summaries, result JSON files and
-  (optionally) a SavedModel of every evaluated checkpoint."""
+  (optionally) a SavedModel of every evaluated checkpoint into `output_dir` (default: the
+  `model_dir` whose checkpoints evaluate_continuously reads)."""
 
   def __init__(self, task: SimCLRTask, model_dir: str, dataset_fn: Callable[[], Iterable],
-               eval_steps: int, export: bool = True, summary_dir: Optional[str] = None,
+               eval_steps: int, export: bool = True, output_dir: Optional[str] = None,
                progress_bar: bool = False):
     if not task.can_evaluate:
       raise ValueError('nothing to evaluate: the model has no supervised head (use '
@@ -40,7 +42,7 @@ class Evaluator:
     self.dataset_fn = dataset_fn
     self.eval_steps = eval_steps
     self.export = export
-    self.summary_dir = summary_dir or model_dir
+    self.output_dir = output_dir or model_dir
     self.progress_bar = progress_bar  # the console's progress line (console.Progress)
     self.saved_model = None
     self.evaluated = []  # checkpoint prefixes evaluated, in order
@@ -54,11 +56,13 @@ class Evaluator:
     self._eval_one_batch = eval_one_batch
 
   def evaluate(self, checkpoint_path: str) -> dict:
-    """Top-1/top-5 of the supervised head on `eval_steps` batches of the eval split."""
+    """Top-1/top-5 of the supervised head on `eval_steps` batches of the eval split, for a
+    checkpoint or a SavedModel (one whose step is unknown counts as step 0)."""
     task = self.task
     with task.strategy.scope():
       prefix, global_step = ckpt_lib.restore_for_evaluation(
           task.model, checkpoint_path, task.config.allow_non_finite_checkpoint)
+    global_step = global_step or 0
     logging.info('Evaluating %s (step %d) on %d steps', prefix, global_step, self.eval_steps)
     task.eval_metrics.reset()
     iterator = iter(self.dataset_fn())
@@ -79,14 +83,14 @@ class Evaluator:
     if progress:
       progress.close()
     result = task.eval_metrics.results()
-    write_scalars(summary_writer_for(task.strategy, self.summary_dir), result, global_step)
+    write_scalars(summary_writer_for(task.strategy, self.output_dir), result, global_step)
     result['global_step'] = float(global_step)  # a float, like the reference (K28)
     logging.info('Evaluation at step %d: %s', global_step, format_metrics(result))
     if is_chief(task.strategy):
-      write_json(os.path.join(self.model_dir, f'result_{global_step}.json'), result)
-      write_json(os.path.join(self.model_dir, 'result.json'), result)
+      write_json(os.path.join(self.output_dir, f'result_{global_step}.json'), result)
+      write_json(os.path.join(self.output_dir, 'result.json'), result)
     if self.export:
-      self.saved_model = export_model(task, self.model_dir, global_step)
+      self.saved_model = export_model(task, self.output_dir, global_step)
     return result
 
   def evaluate_continuously(self, train_steps: int, timeout: Optional[float],

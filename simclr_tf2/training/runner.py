@@ -33,7 +33,7 @@ from simclr_tf2.training.evaluator import Evaluator, export_model
 from simclr_tf2.training.task import SimCLRTask
 from simclr_tf2.training.trainer import Trainer, default_callbacks
 
-EVAL_SUBDIR = 'eval'  # mode=eval's summaries: a reader writes nothing the training run owns
+EVAL_SUBDIR = 'eval'  # everything mode=eval writes: nothing the training run owns
 
 
 @dataclasses.dataclass
@@ -79,7 +79,7 @@ def check_before_writing(config: Config, source, strategy: tf.distribute.Strateg
   if num_train_examples == 0:
     raise ValueError(f'--train_split={config.train_split} has no examples')
   state = model_dir_lib.read_checkpoint_state(config.model_dir)
-  if state is None and config.checkpoint and config.mode != 'eval':
+  if config.checkpoint and (state is None or config.mode == 'eval'):
     ckpt_lib.resolve_checkpoint(config.checkpoint)
   changes = {}
   if state is not None and config.mode != 'eval':
@@ -97,35 +97,35 @@ def build_task(config: Config, source, strategy: tf.distribute.Strategy) -> SimC
 
 
 def build_evaluator(config: Config, source, task: SimCLRTask, export: bool = True,
-                    summary_dir: Optional[str] = None, progress_bar: bool = False) -> Evaluator:
+                    output_dir: Optional[str] = None, progress_bar: bool = False) -> Evaluator:
   """The Evaluator of a run: the whole eval split (or eval_steps batches) of `source`."""
   eval_steps = config.total_eval_steps(source.num_examples(config.eval_split))
   return Evaluator(task, config.model_dir,
                    lambda: distributed_dataset(config, source, task.strategy, is_training=False),
-                   eval_steps, export=export, summary_dir=summary_dir, progress_bar=progress_bar)
+                   eval_steps, export=export, output_dir=output_dir, progress_bar=progress_bar)
 
 
 @contextlib.contextmanager
-def writing_model_dir(config: Config, strategy: tf.distribute.Strategy):
-  """The chief holds model_dir's writer lock and tidies leftovers of interrupted saves at the
-  start and after a failure; a run that fails before writing leaves no directory behind. Other
-  workers write nothing there (their saves go to scratch directories)."""
+def writing_model_dir(directory: str, strategy: tf.distribute.Strategy):
+  """The chief holds the directory's writer lock and tidies leftovers of interrupted saves at
+  the start and after a failure; a run that fails before writing leaves no directory behind.
+  Other workers write nothing there (their saves go to scratch directories)."""
   if not is_chief(strategy):
     yield
     return
-  created = not tf.io.gfile.exists(config.model_dir)
-  model_dir_lib.prepare_model_dir(config.model_dir)
+  created = not tf.io.gfile.exists(directory)
+  model_dir_lib.prepare_model_dir(directory)
   try:
-    with model_dir_lib.ModelDirLock(config.model_dir):
-      model_dir_lib.remove_stale_temporaries(config.model_dir)
+    with model_dir_lib.ModelDirLock(directory):
+      model_dir_lib.remove_stale_temporaries(directory)
       try:
         yield
       except BaseException:
-        model_dir_lib.remove_stale_temporaries(config.model_dir)
+        model_dir_lib.remove_stale_temporaries(directory)
         raise
   except BaseException:
-    if created and not tf.io.gfile.listdir(config.model_dir):
-      tf.io.gfile.rmtree(config.model_dir)
+    if created and not tf.io.gfile.listdir(directory):
+      tf.io.gfile.rmtree(directory)
     raise
 
 
@@ -138,16 +138,17 @@ def run(config: Config, strategy: Optional[tf.distribute.Strategy] = None,
 
   `strategy`: the tf.distribute strategy to run under (default: build_strategy(config)).
   `callbacks`: the Trainer's callbacks (default: default_callbacks(config, source)).
-  `flag_values`: the command line's flags, written as flags.json (eval_flags.json for mode=eval).
-  `log_file`: also append the process' log (simclr_tf2.console) to model_dir/log.txt
-  (model_dir/eval/log.txt for mode=eval) from the moment the run starts writing there.
+  `flag_values`: the command line's flags, written as flags.json.
+  `log_file`: also append the process' log (simclr_tf2.console) to log.txt from the moment the
+  run starts writing.
   `eval_progress_bar`: the console's progress line during evaluations (training's is a
   callback, see default_callbacks).
   `export`: write a SavedModel after training / every evaluation (the command always does).
 
   Everything knowable is checked before anything is written. Training (train, train_then_eval)
-  holds the model_dir's writer lock; mode=eval is a reader: it takes no lock and writes its
-  summaries to model_dir/eval.
+  holds the model_dir's writer lock. mode=eval reads model_dir's checkpoints (or only
+  `config.checkpoint` when given: a checkpoint or a SavedModel) and writes everything (flags,
+  log, summaries, results, exports) into model_dir/eval, whose lock it holds.
   """
   strategy = strategy or build_strategy(config)
   if config.seed is not None:
@@ -171,7 +172,7 @@ def run(config: Config, strategy: Optional[tf.distribute.Strategy] = None,
   if config.warmup_steps(num_train_examples) >= train_steps:
     logging.warning('Warm-up does not end before training does (%d steps): the learning rate '
                     'never reaches its peak (K22).', train_steps)
-  with writing_model_dir(config, strategy):
+  with writing_model_dir(config.model_dir, strategy):
     task.build_optimizer(num_train_examples)
     trainer = Trainer(task, config.model_dir, callbacks)
     trainer.restore()  # before writing anything: a checkpoint that does not fit is an error
@@ -193,18 +194,24 @@ def run(config: Config, strategy: Optional[tf.distribute.Strategy] = None,
 
 
 def _evaluate_run(config, source, task, flag_values, log_file, progress_bar, export):
-  """mode=eval: every checkpoint of model_dir as it appears, until train_steps (K9 fixed)."""
+  """mode=eval: `config.checkpoint` once when given, else every checkpoint of model_dir as it
+  appears, until train_steps (K9 fixed); everything written goes to model_dir/eval."""
   if not task.can_evaluate:
     raise ValueError('mode=eval needs a supervised head: use train_mode=finetune or '
                      '--lineareval_while_pretraining=true')
-  if flag_values is not None:
-    write_json(os.path.join(config.model_dir, 'eval_' + FLAGS_FILE), flag_values)
-  if log_file:
-    console.setup_log_file(os.path.join(config.model_dir, EVAL_SUBDIR, console.LOG_FILE_NAME))
-  evaluator = build_evaluator(config, source, task, export,
-                              summary_dir=os.path.join(config.model_dir, EVAL_SUBDIR),
-                              progress_bar=progress_bar)
-  train_steps = config.total_train_steps(source.num_examples(config.train_split))
-  metrics = evaluator.evaluate_continuously(train_steps, config.eval_timeout)
+  eval_dir = os.path.join(config.model_dir, EVAL_SUBDIR)
+  with writing_model_dir(eval_dir, task.strategy):
+    chief = is_chief(task.strategy)
+    if flag_values is not None and chief:
+      write_json(os.path.join(eval_dir, FLAGS_FILE), flag_values)
+    if log_file and chief:
+      console.setup_log_file(os.path.join(eval_dir, console.LOG_FILE_NAME))
+    evaluator = build_evaluator(config, source, task, export, output_dir=eval_dir,
+                                progress_bar=progress_bar)
+    if config.checkpoint:
+      metrics = evaluator.evaluate(config.checkpoint)
+    else:
+      train_steps = config.total_train_steps(source.num_examples(config.train_split))
+      metrics = evaluator.evaluate_continuously(train_steps, config.eval_timeout)
   return RunResult(model_dir=config.model_dir, metrics=metrics,
                    saved_model=evaluator.saved_model)

@@ -525,14 +525,14 @@ def test_eval_evaluates_every_checkpoint_in_order_and_lists_the_deleted(tmp_path
 
   evaluator = TrainingDeletesAsItGoes(
       task, str(tmp_path), lambda: distributed_dataset(config, source, strategy, False),
-      eval_steps=1, export=False, summary_dir=str(tmp_path / 'eval'))
+      eval_steps=1, export=False, output_dir=str(tmp_path / 'eval'))
   with caplog.at_level(logging.INFO):
     result = evaluator.evaluate_continuously(train_steps=4, timeout=0)
   assert result['global_step'] == 4.
   assert evaluator.evaluated == [str(tmp_path / f'ckpt-{step}') for step in (1, 3, 4)]
   assert evaluator.skipped == [(str(tmp_path / 'ckpt-2'), 'deleted before evaluation')]
   assert 'Evaluated 3 checkpoint(s); skipped ckpt-2 (deleted before evaluation).' in caplog.text
-  assert sorted(p.name for p in tmp_path.glob('result_*.json')) == [
+  assert sorted(p.name for p in (tmp_path / 'eval').glob('result_*.json')) == [
       'result_1.json', 'result_3.json', 'result_4.json']
 
 

@@ -204,18 +204,32 @@ def test_finetune_from_pretrain_zero_inits_head_and_eval_mode_evaluates(finetune
   code, out, err = run_main(TINY + FINETUNE_ARGS + [
       '--mode=eval', '--eval_timeout=60', f'--model_dir={model_dir}'])
   assert code == 0, err
-  result = read_json(os.path.join(model_dir, 'result.json'))
+  eval_dir = os.path.join(model_dir, 'eval')
+  result = read_json(os.path.join(eval_dir, 'result.json'))
   assert_result(result, 3., finetuned.get_tensor(HEAD_KERNEL))
-  assert read_json(os.path.join(model_dir, 'result_3.json')) == result
+  assert read_json(os.path.join(eval_dir, 'result_3.json')) == result
   assert f'eval/label_top_1_accuracy {result["eval/label_top_1_accuracy"]:.4g}' in out
-  assert os.path.isfile(os.path.join(model_dir, 'eval', 'log.txt'))
-  # A reader: its own flags file and summaries folder; the training run's are untouched.
-  assert read_json(os.path.join(model_dir, 'eval_flags.json'))['mode'] == 'eval'
+  assert f'results: {os.path.join(eval_dir, "result.json")}' in out
+  # Everything the evaluation writes is in model_dir/eval; the training run's files are untouched.
+  assert read_json(os.path.join(eval_dir, 'flags.json'))['mode'] == 'eval'
+  assert os.path.isfile(os.path.join(eval_dir, 'log.txt'))
+  assert os.path.isfile(os.path.join(eval_dir, 'saved_model', '3', 'saved_model.pb'))
   assert read_json(os.path.join(model_dir, 'flags.json'))['mode'] != 'eval'
-  events = read_events(os.path.join(model_dir, 'eval'))
+  assert not os.path.exists(os.path.join(model_dir, 'result.json'))
+  assert os.listdir(os.path.join(model_dir, 'saved_model')) == ['3']
+  events = read_events(eval_dir)
   for tag in EVAL_SCALARS:  # every checkpoint, in order
     assert [step for step, _ in scalars(events, tag)] == [2, 3], tag
   assert checkpoint_steps(model_dir) == [2, 3]  # evaluation writes no checkpoint
+
+  # One model given by --checkpoint: the training run's export evaluates to the same numbers.
+  one_dir = os.path.join(os.path.dirname(model_dir), 'eval_one_saved_model')
+  code, out, err = run_main(TINY + FINETUNE_ARGS + [
+      '--mode=eval', f'--checkpoint={os.path.join(model_dir, "saved_model", "3")}',
+      f'--model_dir={one_dir}'])
+  assert code == 0, err
+  assert read_json(os.path.join(one_dir, 'eval', 'result.json')) == result
+  assert os.listdir(one_dir) == ['eval']
 
 
 def test_evaluation_progress_bar_shows_steps_top_1_and_images_per_second(finetune_run,
