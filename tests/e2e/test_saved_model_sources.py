@@ -12,6 +12,7 @@ with tf.saved_model.save. Its variable list is checked against the reference's o
 import ast
 import atexit
 import functools
+import json
 import os
 import shutil
 import tempfile
@@ -27,10 +28,13 @@ from golden_data import GOLDEN_DIR, REFERENCE_PARITY, plausible_value  # noqa: E
 from checkpoints_conversion import convert_to_pytorch  # noqa: E402
 from checkpoints_conversion import export_saved_model as export_cli  # noqa: E402
 from checkpoints_conversion.torch_resnet import SimCLRTorch  # noqa: E402
+from simclr_tf2.config import Config  # noqa: E402
+from simclr_tf2.data import distributed_dataset, get_source  # noqa: E402
 from simclr_tf2.errors import CheckpointError  # noqa: E402
 from simclr_tf2.inference.loading import load_model  # noqa: E402
 from simclr_tf2.network.checkpoint import object_keys  # noqa: E402
 from simclr_tf2.network.model import build_model  # noqa: E402
+from simclr_tf2.training.distill import load_teacher  # noqa: E402
 
 VALUE = '/.ATTRIBUTES/VARIABLE_VALUE'
 NUM_CLASSES = 10  # digits
@@ -230,6 +234,46 @@ def test_run_refuses_mismatching_saved_model_in_one_line(tmp_path):
   assert len(lines) == 1 and lines[0].startswith('error: SavedModel ')
   assert 'resnet_depth' in lines[0]
   assert not os.path.exists(tmp_path / 'bad' / 'ckpt-2.index')
+
+
+def test_eval_mode_scores_the_saved_models_own_logits(tmp_path):
+  """--mode=eval --checkpoint=<released-style SavedModel>: the top-1/top-5 of the SavedModel's
+  own logits_sup on the same eval batch, written into model_dir/eval."""
+  _, directory = official_saved_model('r18', False)
+  model_dir = tmp_path / 'eval_released'
+  code, _, err = run_main(TINY + ['--mode=eval', '--train_mode=pretrain', '--resnet_depth=18',
+                                  f'--checkpoint={directory}', f'--model_dir={model_dir}'])
+  assert code == 0, err
+  config = Config(dataset='digits', image_size=SIZE, eval_batch_size=16, use_tpu=False)
+  strategy = tf.distribute.get_strategy()
+  batch_images, labels = next(iter(distributed_dataset(
+      config, get_source('digits', image_size=SIZE), strategy, is_training=False)))
+  logits = tf.saved_model.load(directory)(batch_images, trainable=False)['logits_sup']
+  labels = tf.argmax(labels, -1)
+  top_1 = float(np.mean(tf.math.in_top_k(labels, logits, 1).numpy()))
+  top_5 = float(np.mean(tf.math.in_top_k(labels, logits, 5).numpy()))
+  result = json.loads((model_dir / 'eval' / 'result.json').read_text())
+  assert result['eval/label_top_1_accuracy'] == pytest.approx(top_1, abs=1e-6)
+  assert result['eval/label_top_5_accuracy'] == pytest.approx(top_5, abs=1e-6)
+  assert result['global_step'] == 0.  # a SavedModel outside saved_model/<step>: step unknown
+
+
+def test_distillation_teacher_from_released_style_saved_model(tmp_path):
+  """An official-format SavedModel (empty trainable_variables_list) as the teacher: its logits
+  are the SavedModel's own, and the command distils from it."""
+  _, directory = official_saved_model('r18', False)
+  config = Config(dataset='digits', image_size=SIZE, use_tpu=False, train_mode='distill',
+                  teacher_checkpoint=directory)
+  teacher = load_teacher(config)
+  x = images(SIZE)
+  expected = tf.saved_model.load(directory)(x, trainable=False)['logits_sup']
+  np.testing.assert_allclose(teacher.logits(x).numpy(), expected.numpy(), rtol=0,
+                             atol=1e-6 * max(1., float(np.max(np.abs(expected)))))
+  code, _, err = run_main(TINY + ['--mode=train', '--train_mode=distill', '--train_steps=1',
+                                  '--resnet_depth=18', f'--teacher_checkpoint={directory}',
+                                  f'--model_dir={tmp_path / "student"}'])
+  assert code == 0, err
+  assert (tmp_path / 'student' / 'ckpt-1.index').exists()
 
 
 # --- the conversion tools --------------------------------------------------------------------
