@@ -1,8 +1,9 @@
 """Several processes through the user's command, `python -m simclr_tf2.run`, over loopback.
 
-* Two workers (TF_CONFIG) train what one MirroredStrategy process over two logical CPUs trains:
-  the chief's last checkpoint equals the one-process run's within 1e-6, and only the chief
-  writes into model_dir.
+* The loopback cluster of docs/distributed.md, its ```bash block run by bash as written (free
+  ports and a temporary model_dir aside): two workers (TF_CONFIG) train what one
+  MirroredStrategy process over two logical CPUs trains with the same flags: the chief's
+  checkpoints equal the one-process run's within 1e-6, and only the chief writes into model_dir.
 * `kill -9` of a worker: the other stops within LOST_WORKER_SECONDS with one `error:` line
   naming it; starting both again resumes from the last checkpoint and ends with the
   uninterrupted run's weights.
@@ -18,6 +19,8 @@ reference's MirroredStrategy builds one pipeline per replica (InputReplicationMo
 import json
 import os
 import pathlib
+import re
+import shlex
 import signal
 import socket
 import subprocess
@@ -28,14 +31,30 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from golden_data import REPO
 from simclr_tf2 import run as run_command
 
 TIMEOUT = 600  # seconds for any one process (generous: the 2 CPUs are shared)
 LOST_WORKER_SECONDS = 60  # docs/distributed.md: a dead worker stops the others within this
 TOLERANCE = 1e-6
-FLAGS = ['--dataset=digits', '--image_size=8', '--resnet_depth=18', '--train_batch_size=16',
-         '--train_steps=4', '--checkpoint_steps=2', '--seed=1', '--use_tpu=false',
-         '--use_blur=false', '--mode=train', '--warmup_epochs=0']
+PAGE = REPO / 'docs' / 'distributed.md'
+DOC_PORTS = ('23456', '23457')
+DOC_MODEL_DIR = '/tmp/simclr_two_workers'
+
+
+def loopback_block():
+  """The ```bash block of docs/distributed.md that starts the loopback cluster."""
+  blocks = [block for block in re.findall(r'```bash\n(.*?)```', PAGE.read_text(encoding='utf-8'),
+                                          flags=re.S) if 'CLUSTER=' in block]
+  assert len(blocks) == 1, 'docs/distributed.md: one ```bash block sets CLUSTER='
+  for text in (*DOC_PORTS, DOC_MODEL_DIR):
+    assert text in blocks[0], f'the loopback block no longer uses {text}: update this test'
+  return blocks[0]
+
+
+# Every run here trains with the documented cluster's flags (its own model_dir aside).
+FLAGS = [flag for flag in shlex.split(re.search(r"^FLAGS='(.*)'$", loopback_block(), re.M)[1])
+         if not flag.startswith('--model_dir=')]
 COMMAND = [sys.executable, '-m', 'simclr_tf2.run']
 # One process, MirroredStrategy over two logical CPUs, one input pipeline per replica.
 MIRRORED = '''
@@ -203,21 +222,32 @@ def assert_only_the_chief_wrote(model_dir, chief_pids, scratch_dirs):
 
 
 @pytest.mark.slow
-def test_two_workers_train_like_one_mirrored_process(tmp_path, processes, mirrored_run):
+def test_the_documented_loopback_cluster_trains_like_one_mirrored_process(tmp_path,
+                                                                          mirrored_run):
+  script = loopback_block()
+  for documented, free in zip(DOC_PORTS, free_ports(2)):
+    script = script.replace(documented, str(free))
   model_dir = tmp_path / 'model'  # the same path for both: on one machine, it is shared
-  scratch = [tmp_path / f'tmp{index}' for index in range(2)]
-  envs = [{'TF_CONFIG': json.dumps(config)} for config in tf_configs(2)]
-  start = time.monotonic()
-  workers = processes.workers('worker', COMMAND + FLAGS + [f'--model_dir={model_dir}'], envs,
-                              scratch)
-  processes.wait_ok(*workers)
-  print(f'two workers: {time.monotonic() - start:.0f} s')
-  for index, worker in enumerate(workers):
-    assert f'2 replicas (MultiWorkerMirroredStrategy, worker {index} of 2): CPU:0' in (
-        processes.log(worker))
-  assert_same_checkpoint(model_dir / 'ckpt-4', mirrored_run / 'ckpt-4')
+  script = script.replace(DOC_MODEL_DIR, str(model_dir))
+  scratch = tmp_path / 'tmp'  # the workers' TMPDIR: the non-chief's scratch saves, then deleted
+  scratch.mkdir()
+  bin_dir = os.path.dirname(sys.executable)  # `python` in the block: this interpreter
+  env = {key: value for key, value in os.environ.items()
+         if key != 'TF_CONFIG' and not key.startswith('SLURM_')}
+  env.update(CLEAN_ENV, PATH=f'{bin_dir}{os.pathsep}{env.get("PATH", "")}', TMPDIR=str(scratch))
+  result = subprocess.run(['bash', '-e', '-c', script], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=TIMEOUT, check=False)
+  worker1 = (tmp_path / 'worker1.log').read_text(errors='replace')
+  assert result.returncode == 0, (result.stderr[-3000:], worker1[-3000:])
+  assert '2 replicas (MultiWorkerMirroredStrategy, worker 0 of 2): CPU:0' in (
+      result.stdout + result.stderr)
+  assert '2 replicas (MultiWorkerMirroredStrategy, worker 1 of 2): CPU:0' in worker1
+  assert 'done in' in worker1 and 'error' not in worker1, worker1[-3000:]
   assert_same_checkpoint(model_dir / 'ckpt-2', mirrored_run / 'ckpt-2')
-  assert_only_the_chief_wrote(model_dir, [workers[0].pid], scratch)
+  assert_same_checkpoint(model_dir / 'ckpt-4', mirrored_run / 'ckpt-4')
+  chief_pids = event_file_pids(model_dir)
+  assert len(chief_pids) == 1
+  assert_only_the_chief_wrote(model_dir, chief_pids, [scratch])
 
 
 def wait_for_checkpoint(model_dir, step, workers, processes):
@@ -248,6 +278,7 @@ def test_a_killed_worker_stops_the_other_and_both_resume(tmp_path, processes, mi
                             [tmp_path / f'tmp{index}' for index in range(2)])
   wait_for_checkpoint(model_dir, 2, first, processes)
   os.kill(first[killed].pid, signal.SIGKILL)
+  assert_same_checkpoint(model_dir / 'ckpt-2', mirrored_run / 'ckpt-2')
   killed_at = time.monotonic()
   first[killed].wait(timeout=TIMEOUT)  # reaped, as a shell would: a zombie still holds its pid
   survivor = first[1 - killed]
