@@ -28,7 +28,7 @@ def write(path, *lines):
 
 def test_every_file_of_flags_is_a_recipe_found_by_name_with_or_without_suffix(elsewhere):
   files = sorted(FLAGS_DIR.glob('*.cfg'))
-  assert len(files) == 16 and recipes.list_recipes() == [f.stem for f in files]
+  assert len(files) == 18 and recipes.list_recipes() == [f.stem for f in files]
   for file in files:
     for name in (file.stem, file.name):
       assert pathlib.Path(recipes.recipe_path(name)).read_text() == file.read_text()
