@@ -9,6 +9,8 @@ files are replaced by small stand-ins made here:
   /data/tfds                 a prepared TFDS folder: the run uses the embedded digits instead
   /checkpoints/r50...        an official-layout ResNet-50 checkpoint
   /checkpoints/...           an official-layout ResNet-18 checkpoint (any other name)
+  /saved_models/simclrv1...  a SavedModel without projection head, as the SimCLR v1 releases
+                             (--proj_head_mode=none; ResNet-18)
   /saved_models/...          a SavedModel exported from that checkpoint
   /tmp/X, gs://BUCKET/.../X  a run directory (--model_dir, --checkpoint, --teacher_checkpoint;
                              also in recipes):
@@ -155,6 +157,11 @@ def stand_ins(tmp_path_factory):
          cwd=root)
     values[f'r{depth}'] = run_dir
   values['saved_model'] = next((root / 'r18_run' / 'saved_model').iterdir())
+  # A SimCLR v1 release has no projection head (docs/transfer.md: --proj_head_mode=none).
+  v1_run = root / 'v1_run'
+  _run(['-m', 'simclr_tf2.run', '--dataset=digits', '--mode=train', f'--model_dir={v1_run}',
+        '--proj_head_mode=none'] + TINY_TRAINING + ['--train_steps=1'], cwd=root)
+  values['v1_saved_model'] = next((v1_run / 'saved_model').iterdir())
   return values
 
 
@@ -189,6 +196,8 @@ def concrete(command, stand_ins_values):
     if value.startswith('/checkpoints/') or value in ('...', 'MODEL_DIR'):
       r50 = value.startswith('/checkpoints/r50') and not training
       value = str(stand_ins_values['r50' if r50 else 'r18'])
+    elif value.startswith('/saved_models/simclrv1'):
+      value = str(stand_ins_values['v1_saved_model'])
     elif value.startswith('/saved_models/'):
       value = str(stand_ins_values['saved_model'])
     elif name in RUN_DIR_FLAGS and value.startswith(('/tmp/', 'gs://')):

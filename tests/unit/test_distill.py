@@ -132,6 +132,6 @@ def test_semi_supervised_recipes_parse_into_the_paper_stages():
   assert (self_distill.train_mode, self_distill.distill_temperature,
           self_distill.distill_label_weight, self_distill.train_epochs,
           self_distill.resnet_depth, self_distill.width_multiplier) == (
-              'distill', 1., 0., 400, 152, 3)
-  assert (small.resnet_depth, small.width_multiplier, small.sk_ratio,
-          small.teacher_checkpoint) == (50, 1, 0., self_distill.teacher_checkpoint)
+              'distill', 0.1, 0., 400, 152, 3)  # SimCLRv2 Section 3.1: 0.1 for self-distillation
+  assert (small.resnet_depth, small.width_multiplier, small.sk_ratio, small.distill_temperature,
+          small.teacher_checkpoint) == (50, 1, 0., 1., self_distill.teacher_checkpoint)

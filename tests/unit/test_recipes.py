@@ -28,7 +28,7 @@ def write(path, *lines):
 
 def test_every_file_of_flags_is_a_recipe_found_by_name_with_or_without_suffix(elsewhere):
   files = sorted(FLAGS_DIR.glob('*.cfg'))
-  assert len(files) == 16 and recipes.list_recipes() == [f.stem for f in files]
+  assert len(files) == 18 and recipes.list_recipes() == [f.stem for f in files]
   for file in files:
     for name in (file.stem, file.name):
       assert pathlib.Path(recipes.recipe_path(name)).read_text() == file.read_text()
@@ -102,6 +102,37 @@ def test_nested_recipes_take_the_flags_of_both_files(elsewhere):
   config = recipe('simclrv2_r152_3x_sk_pretrain')
   assert (config.dataset, config.temperature, config.resnet_depth, config.width_multiplier,
           config.train_epochs) == ('imagenet2012', 0.1, 152, 3, 800)
+
+
+def test_paper_recipes_hold_the_settings_their_comments_cite(elsewhere):
+  """Values written out by hand from the papers' text as docs/semi_supervised.md and
+  docs/transfer.md quote it (SimCLRv2 Section 3.1; SimCLR v1 Appendix B.8.1)."""
+  def settings(name, *fields):
+    config = recipe(name)
+    return tuple(getattr(config, field) for field in fields)
+
+  schedule = ('optimizer', 'learning_rate', 'learning_rate_scaling', 'warmup_epochs',
+              'train_batch_size', 'train_epochs')
+  assert settings('simclrv2_r152_3x_sk_pretrain', *schedule, 'num_proj_layers') == (
+      'lars', 0.1, 'sqrt', 40, 4096, 800, 3)  # 0.1 x sqrt(B), warm-up 5 % of 800 epochs
+  assert settings('simclrv2_finetune_1pct', *schedule, 'ft_proj_selector', 'weight_decay') == (
+      'lars', 0.005, 'sqrt', 0, 1024, 60, 1, 0)
+  assert settings('simclrv2_finetune_10pct', 'train_epochs', 'ft_proj_selector') == (30, 1)
+  distill = ('train_mode', 'distill_temperature', 'distill_label_weight', 'train_epochs',
+             'warmup_epochs', 'learning_rate', 'train_batch_size')
+  assert settings('simclrv2_self_distill', *distill, 'resnet_depth', 'ft_proj_selector') == (
+      'distill', 0.1, 0, 400, 20, 0.1, 4096, 152, 0)
+  assert settings('simclrv2_distill_to_r50', *distill, 'resnet_depth') == (
+      'distill', 1.0, 0, 400, 20, 0.1, 4096, 50)
+  transfer = ('dataset', 'image_size', 'train_mode', 'fine_tune_after_block', 'optimizer',
+              'momentum', 'train_steps', 'train_batch_size', 'batch_norm_decay',
+              'proj_head_mode', 'resnet_depth')
+  expected = ('cifar10', 224, 'finetune', -1, 'momentum', 0.9, 20000, 256, 0.9488, 'none', 50)
+  assert settings('cifar10_transfer_finetune_r50_1x', *transfer, 'width_multiplier') == (
+      *expected, 1)
+  assert settings('cifar10_transfer_finetune_r50_4x', *transfer, 'width_multiplier') == (
+      *expected, 4)
+  assert round(max(1 - 10 / (50000 / 256), 0.9), 4) == 0.9488  # B.8.1's batch-norm momentum
 
 
 def test_demo_recipes_parse_into_the_documented_runs(elsewhere):
