@@ -15,11 +15,11 @@ Each command of a ```bash block is in exactly one category:
 A command in none of these fails the test, so a new command is either runnable or classified.
 
 The only substitutions in commands that run are the placeholders for what the reader brings,
-replaced by small stand-ins made once per module (the runs: 1 step on the embedded digits):
+replaced by small stand-ins made once per module:
   /data/my_images             an unlabeled image folder (train/*.png)
   /data/my_labeled_images     a labeled image folder (<split>/<class>/*.png)
-  /checkpoints/r50...         an official-layout ResNet-50 checkpoint (a tiny run at 40 px)
-  /checkpoints/..., MODEL_DIR a tiny ResNet-18 run (any other name)
+  /checkpoints/r50...         an official-layout ResNet-50 checkpoint (untrained, 40 px)
+  /checkpoints/..., MODEL_DIR a ResNet-18 run of 1 step on the embedded digits (any other name)
   /saved_models/...           the SavedModel that ResNet-18 run exported
 and what a marked command of the page would have written, made in the page's working directory
 before its commands run (PAGE_OUTPUTS):
@@ -45,6 +45,7 @@ from simclr_tf2 import embed, recipes
 from simclr_tf2 import flags as config_flags
 from simclr_tf2 import run as run_command
 from simclr_tf2.errors import one_line
+from simclr_tf2.network.model import build_model
 
 PAGES = [REPO / 'README.md'] + sorted((REPO / 'docs').glob('*.md'))
 
@@ -97,12 +98,10 @@ FLAG_DEFINITIONS = {  # module -> its public define_flags, for the flags of mark
 # What a page's marked commands would have written, that its later commands use: path in the
 # page's working directory -> stand-in.
 PAGE_OUTPUTS = {'README.md': {'runs/my_images': 'r18'}}
-# The stand-in runs: 1 step on the embedded digits. ResNet-50 at 40 px has the ImageNet stem,
-# which the torchvision layout needs.
+# The stand-in run: 1 step on the embedded digits.
 TINY_RUN = ['--dataset=digits', '--mode=train', '--use_tpu=false', '--train_steps=1',
-            '--checkpoint_steps=1', '--train_batch_size=8', '--use_blur=false']
-STAND_IN_RUNS = {'r18': ['--resnet_depth=18', '--image_size=8'],
-                 'r50': ['--resnet_depth=50', '--image_size=40']}
+            '--checkpoint_steps=1', '--train_batch_size=8', '--use_blur=false',
+            '--resnet_depth=18', '--image_size=8']
 
 
 def shell_commands(page):
@@ -237,11 +236,15 @@ def stand_ins(tmp_path_factory):
       _write_images(root / 'my_labeled_images' / split / label, 8, seed=hash((split, label)) % 99)
   values = {'/data/my_images': root / 'my_images',
             '/data/my_labeled_images': root / 'my_labeled_images'}
-  for name, architecture in STAND_IN_RUNS.items():
-    values[name] = root / f'{name}_run'
-    _run(['-m', 'simclr_tf2.run', f'--model_dir={values[name]}'] + TINY_RUN + architecture,
-         cwd=root)
+  values['r18'] = root / 'r18_run'
+  _run(['-m', 'simclr_tf2.run', f'--model_dir={values["r18"]}'] + TINY_RUN, cwd=root)
   values['saved_model'] = next((values['r18'] / 'saved_model').iterdir())
+  # The released checkpoints' layout (model and global_step), untrained: a training run of a
+  # ResNet-50 would take a minute. 40 px gives the ImageNet stem, which torchvision's layout needs.
+  values['r50'] = root / 'r50_checkpoint'
+  model = build_model(10, resnet_depth=50, image_size=40).create_variables()
+  tf.train.Checkpoint(model=model, global_step=tf.Variable(1, dtype=tf.int64)).write(
+      str(values['r50'] / 'ckpt-1'))
   return values
 
 
