@@ -139,25 +139,63 @@ def entry_point(command):
   return None
 
 
-def test_every_documented_command_is_runnable_marked_or_excused():
+def classification_problems(page):
+  """What keeps a page's commands from being in exactly one category (empty if nothing)."""
   problems = []
-  for page in PAGES:
-    commands = shell_commands(page)
-    for command, reason in commands:
-      if reason is not None and excuse(command):
-        problems.append(f'{page.name}: marked and excused by NOT_RUN: {command}')
-      elif reason == '':
-        problems.append(f'{page.name}: marked without a reason: {command}')
-      elif not excuse(command) and not entry_point(command):
-        problems.append(f'{page.name}: neither runnable, marked nor excused: {command}')
-    if len(markers(page)) != sum(reason is not None for _, reason in commands):
-      problems.append(f'{page.name}: a "# not run by the tests:" line is not directly above a '
-                      'command')
+  commands = shell_commands(page)
+  for command, reason in commands:
+    if reason is not None and excuse(command):
+      problems.append(f'{page.name}: marked and excused by NOT_RUN: {command}')
+    elif reason == '':
+      problems.append(f'{page.name}: marked without a reason: {command}')
+    elif not excuse(command) and not entry_point(command):
+      problems.append(f'{page.name}: neither runnable, marked nor excused: {command}')
+  if len(markers(page)) != sum(reason is not None for _, reason in commands):
+    problems.append(f'{page.name}: a "# not run by the tests:" line is not directly above a '
+                    'command')
+  return problems
+
+
+def test_every_documented_command_is_runnable_marked_or_excused():
+  problems = [problem for page in PAGES for problem in classification_problems(page)]
   assert not problems, ('mark each command (# not run by the tests: <reason>), add it to '
                         f'ENTRY_POINTS or NOT_RUN: {problems}')
 
 
+def test_markers_apply_to_the_command_directly_below_and_need_a_reason(tmp_path):
+  page = tmp_path / 'page.md'
+  page.write_text('```bash\n'
+                  '# Pretraining\n'
+                  '# not run by the tests: needs a TPU\n'
+                  'simclr-tf2 --flagfile=imagenet_r50_pretrain \\\n'
+                  '    --tpu_name=$TPU_NAME\n'
+                  'simclr-tf2-embed --source=runs/x   # runs\n'
+                  '# not run by the tests:\n'
+                  'simclr-tf2 --mode=eval\n'
+                  '# not run by the tests: a comment follows\n'
+                  '# another comment\n'
+                  'simclr-tf2 --mode=train\n'
+                  '# not run by the tests: excused anyway\n'
+                  'pip install simclr_tf2\n'
+                  'make all\n'
+                  '```\n', encoding='utf-8')
+  assert shell_commands(page) == [
+      ('simclr-tf2 --flagfile=imagenet_r50_pretrain      --tpu_name=$TPU_NAME', 'needs a TPU'),
+      ('simclr-tf2-embed --source=runs/x', None), ('simclr-tf2 --mode=eval', ''),
+      ('simclr-tf2 --mode=train', None), ('pip install simclr_tf2', 'excused anyway'),
+      ('make all', None)]
+  assert classification_problems(page) == [
+      'page.md: marked without a reason: simclr-tf2 --mode=eval',
+      'page.md: marked and excused by NOT_RUN: pip install simclr_tf2',
+      'page.md: neither runnable, marked nor excused: make all',
+      'page.md: a "# not run by the tests:" line is not directly above a command']
+
+
 # --- marked commands: flags only ---------------------------------------------------------------
+
+# An unknown flag or bad value (absl), a missing recipe, an invalid Config or extra arguments.
+FLAG_ERRORS = (flags.Error, recipes.RecipeError, ValueError)
+
 
 def check_flags(command):
   """Parses a marked command with its own command's flags; raises for an unknown flag, a bad
@@ -182,7 +220,7 @@ def test_marked_commands_have_valid_flags():
   for page, command in marked:
     try:
       check_flags(command)
-    except Exception as error:  # pylint: disable=broad-except
+    except FLAG_ERRORS as error:
       problems.append(f'{page}: {command}: {one_line(error)}')
   assert not problems, problems
 
@@ -198,7 +236,7 @@ def test_marked_commands_have_valid_flags():
     'simclr-convert-to-pytorch --checkpoint',
 ])
 def test_the_flag_check_rejects_unknown_flags_bad_values_and_missing_recipes(command):
-  with pytest.raises((flags.Error, recipes.RecipeError, ValueError)):
+  with pytest.raises(FLAG_ERRORS):
     check_flags(command)
 
 
