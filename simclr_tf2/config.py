@@ -168,6 +168,10 @@ class Config:
   allow_non_finite_checkpoint: bool = _flag(
       False, 'Restore checkpoints containing NaN/inf values instead of refusing them '
       '(for inspecting a diverged run).', official=False)
+  export_saved_model: bool = _flag(
+      True, 'Write a SavedModel (model_dir/saved_model/<step>) after training and after every '
+      'evaluation; false writes checkpoints only (export one later with '
+      'simclr-export-saved-model).', official=False)
 
   # ------------------------------------------------------------------------------------------
   @classmethod

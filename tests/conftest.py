@@ -19,10 +19,16 @@ tf.config.set_logical_device_configuration(
 # Test helpers (golden_data.py, ...) importable from tests/unit and tests/e2e alike.
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
+import session_scratch  # noqa: E402
 from golden_data import GOLDEN_DIR  # noqa: E402
 from image_folders import write_image_folder  # noqa: E402
 
 TWO_CPUS = ['/cpu:0', '/cpu:1']
+
+
+@pytest.fixture(scope='session', autouse=True)
+def session_scratch_root(tmp_path_factory):
+  session_scratch.set_root(tmp_path_factory.mktemp('session_scratch'))
 
 
 @pytest.fixture(scope='session')

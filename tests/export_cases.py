@@ -1,15 +1,13 @@
 """Models of the golden configurations, exported once per session, and how to compare their
 outputs: shared by the export, conversion and embedding tests."""
 
-import atexit
 import functools
 import os
-import shutil
-import tempfile
 
 import numpy as np
 import tensorflow as tf
 
+import session_scratch
 from golden_data import GOLDEN_CONFIGS, NUM_CLASSES, REFERENCE_PARITY
 from simclr_tf2.network import export
 from simclr_tf2.network.model import build_model
@@ -18,8 +16,6 @@ from simclr_tf2.network.model import build_model
 # the conversion tests because each export costs 7-30 s on CPU.
 EXPORTED_CASES = ('r18_cifar_pretrain_lars', 'r18_sk_se_cifar_pretrain_lars',
                   'r50_imagenet_pretrain_lars', 'r50_sk_se_imagenet_pretrain_lars')
-_EXPORT_ROOT = tempfile.mkdtemp(prefix='simclr_export_test_')
-atexit.register(shutil.rmtree, _EXPORT_ROOT, True)
 
 
 def randomize_batch_norm(model, seed=0):
@@ -51,7 +47,7 @@ def build_case(name, **overrides):
 def exported_case(name):
   """(model, export_dir) for one of EXPORTED_CASES, exported once per session."""
   model = build_case(name)
-  return model, export.export_saved_model(model, os.path.join(_EXPORT_ROOT, name))
+  return model, export.export_saved_model(model, os.path.join(session_scratch.folder('exports'), name))
 
 
 @functools.lru_cache(maxsize=None)

@@ -133,7 +133,7 @@ def writing_model_dir(directory: str, strategy: tf.distribute.Strategy):
 def run(config: Config, strategy: Optional[tf.distribute.Strategy] = None,
         callbacks: Optional[Sequence[Callback]] = None,
         flag_values: Optional[dict] = None, log_file: bool = False,
-        eval_progress_bar: bool = False, export: bool = True) -> RunResult:
+        eval_progress_bar: bool = False, export: Optional[bool] = None) -> RunResult:
   """Runs `config.mode` (train, eval, train_then_eval) in `config.model_dir`.
 
   `strategy`: the tf.distribute strategy to run under (default: build_strategy(config)).
@@ -143,7 +143,8 @@ def run(config: Config, strategy: Optional[tf.distribute.Strategy] = None,
   run starts writing.
   `eval_progress_bar`: the console's progress line during evaluations (training's is a
   callback, see default_callbacks).
-  `export`: write a SavedModel after training / every evaluation (the command always does).
+  `export`: write a SavedModel after training / every evaluation (default:
+  `config.export_saved_model`, true unless --export_saved_model=false).
 
   Everything knowable is checked before anything is written. Training (train, train_then_eval)
   holds the model_dir's writer lock. mode=eval reads model_dir's checkpoints (or only
@@ -151,6 +152,8 @@ def run(config: Config, strategy: Optional[tf.distribute.Strategy] = None,
   log, summaries, results, exports) into model_dir/eval, whose lock it holds.
   """
   strategy = strategy or build_strategy(config)
+  if export is None:
+    export = config.export_saved_model
   if config.seed is not None:
     keras.utils.set_random_seed(config.seed)
   source = get_source(config.dataset, config.data_dir, config.skip_corrupt_images,

@@ -94,10 +94,13 @@ class SimCLRTask:
     """One update on this replica's batch: forward, losses, gradients, optimizer, metrics.
 
     `images` is [b, s, s, 6] (two views) when pretraining, [b, s, s, 3] otherwise; `labels`
-    one-hot [b, num_classes]. Call inside `strategy.run`. Under mixed_float16, a step whose
-    gradients overflow is skipped: no weight changes, the loss scale halves, the step counts
-    in `train/skipped_steps` and not in the loss metrics; as in Keras, the global step (and
-    with it the learning-rate schedule) still advances.
+    one-hot [b, num_classes]. Call inside `strategy.run`. Returns (gradients, StepValues) as
+    `compute_gradients` does: what was applied, in `model.trainable_variables` order (the
+    training loop ignores them; a test or a user's loop can inspect them without tracing the
+    model a second time). Under mixed_float16, a step whose gradients overflow is skipped: no
+    weight changes, the loss scale halves, the step counts in `train/skipped_steps` and not in
+    the loss metrics; as in Keras, the global step (and with it the learning-rate schedule)
+    still advances.
     """
     self._require_optimizer()
     variables = self.model.trainable_variables
@@ -105,6 +108,7 @@ class SimCLRTask:
     applied = _applied_on_every_replica(gradients) if self._scales_loss else None
     self.train_metrics.update(values, applied)
     self._updater.apply_gradients(zip(gradients, variables))
+    return gradients, values
 
   @property
   def loss_scale(self) -> Optional[float]:

@@ -183,7 +183,7 @@ def test_bad_distillation_flags_are_one_line_errors(tmp_path, flag):
 def test_label_fraction_run_records_its_subset_and_too_small_is_an_error(tmp_path):
   model_dir = tmp_path / 'ten_percent'
   args = TINY + ['--mode=train', '--train_mode=finetune', '--label_fraction=0.1',
-                 f'--model_dir={model_dir}']
+                 '--export_saved_model=false', f'--model_dir={model_dir}']
   code, _, err = run_main(args + ['--train_steps=1'])
   assert code == 0, err
   record = json.loads((model_dir / 'label_subset.json').read_text())
@@ -204,7 +204,7 @@ def test_distillation_trains_at_reduced_precision(teacher_run, tmp_path, precisi
   model_dir = tmp_path / precision
   code, _, err = run_main(TINY + ['--mode=train', '--train_mode=distill', '--train_steps=2',
                                   f'--precision={precision}', f'--teacher_checkpoint={prefix}',
-                                  f'--model_dir={model_dir}'])
+                                  '--export_saved_model=false', f'--model_dir={model_dir}'])
   assert code == 0, err
   # float32 variables whatever the compute precision: the same keys as a float32 student.
   reader = tf.train.load_checkpoint(str(model_dir / 'ckpt-2'))

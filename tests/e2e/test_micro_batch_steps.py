@@ -1,7 +1,7 @@
 """--micro_batch_size: a step in K chunks of c images equals the official --global_bn=false step on
 K replicas of c images (MirroredStrategy, computed independently); one chunk is the plain step.
 
-Gradients come from SimCLRTask.compute_gradients (what train_step applies); the K-replica
+Gradients are those SimCLRTask.train_step applied (it returns them); the K-replica
 reference sums its replicas' gradients as apply_gradients does. "Within 1e-5 relative" is per
 variable: ||chunked - reference|| <= 1e-5 ||reference||.
 """
@@ -46,27 +46,20 @@ def _task(config, strategy=None, weights=None):
   return task
 
 
-def _gradients_then_step(task):
-  """A tf.function of (images, labels): the gradients and values train_step applies, then the
-  step. The moving statistics compute_gradients moved are put back first: they move once."""
-  statistics = [v for v in task.model.non_trainable_variables
-                if v.synchronization == tf.VariableSynchronization.ON_READ]
+def _train_step(task):
+  """A tf.function of (images, labels): one train_step, returning the gradients it applied and
+  its values."""
 
   @tf.function
   def run(images, labels):
-    saved = [tf.identity(v.read_value()) for v in statistics]
-    gradients, values = task.compute_gradients(images, labels)
-    with tf.control_dependencies([g for g in gradients if g is not None]):
-      for variable, value in zip(statistics, saved):
-        variable.assign(value)
-    task.train_step(images, labels)
+    gradients, values = task.train_step(images, labels)
     return gradients, {k: v for k, v in values._asdict().items() if v is not None}
   return run
 
 
 def _single_device_steps(task, batches):
   """(gradients, values) of each step on the default strategy."""
-  step = _gradients_then_step(task)
+  step = _train_step(task)
   results = []
   for images, labels in batches:
     gradients, values = step(images, labels)
@@ -79,7 +72,7 @@ def _replica_steps(task, strategy, batches):
   """The same on a MirroredStrategy: per-replica slices, gradients summed over replicas (as
   apply_gradients sums them), the total loss averaged (as the metric reads it)."""
   replicas = strategy.num_replicas_in_sync
-  step = _gradients_then_step(task)
+  step = _train_step(task)
 
   @tf.function
   def distributed(images, labels):

@@ -511,9 +511,11 @@ def test_non_finite_loss_stops_training_without_saving_it(tmp_path):
 
 def test_resume_refuses_model_changes_and_records_other_changes(tmp_path, caplog):
   model_dir = tmp_path / 'run'
-  args = TINY + ['--mode=train', '--train_steps=2', f'--model_dir={model_dir}']
+  args = TINY + ['--mode=train', '--export_saved_model=false', '--train_steps=2',
+                 f'--model_dir={model_dir}']
   code, _, err = run_main(args)
   assert code == 0, err
+  assert not (model_dir / 'saved_model').exists()  # checkpoints only
   config_before = (model_dir / 'config.json').read_bytes()
   files_before = sorted(p.name for p in model_dir.iterdir())
 
