@@ -2,8 +2,9 @@
 not runnable here and then has its flags checked, so the docs cannot rot.
 
 Each command of a ```bash block is in exactly one category:
-- excused by its prefix (NOT_RUN, with the reason): installs (the README's demo line among them), the suite itself, servers,
-  benchmarks, the cluster lines tests/e2e/test_multiworker_command.py runs, SLURM;
+- excused by its prefix (NOT_RUN, with the reason): installs (the README's demo line among
+  them), the suite itself, servers, benchmarks, the cluster lines
+  tests/e2e/test_multiworker_command.py runs, SLURM;
 - marked in its page by the comment line directly above it, `# not run by the tests: <reason>`
   (needs ImageNet or CIFAR-10 from TFDS, a TPU, hours of training): parsed by its own command's
   flag parser (recipes expanded; for training, the Config built and validated), with shell
