@@ -45,7 +45,7 @@ def main(values, strategy=None) -> int:
   # pylint: disable=import-outside-toplevel  (TensorFlow loads after the console is quiet)
   from simclr_tf2.distribute import (build_strategy, check_workers_agree, describe, is_chief,
                                      worker_failures)
-  from simclr_tf2.training.runner import EVAL_SUBDIR, run
+  from simclr_tf2.training.runner import run
   from simclr_tf2.training.trainer import default_callbacks
   start = time.monotonic()
   strategy = strategy or build_strategy(config)
@@ -57,13 +57,11 @@ def main(values, strategy=None) -> int:
   with worker_failures(strategy):  # another worker stopped: one line naming it, on every other
     result = run(config, strategy, callbacks=default_callbacks(config, progress_bar=quiet),
                  flag_values=flag_values_json(values), log_file=True, eval_progress_bar=quiet)
-  output_dir = config.model_dir if config.mode != 'eval' else os.path.join(config.model_dir,
-                                                                            EVAL_SUBDIR)
   chief = is_chief(strategy)  # the other workers of a cluster write no results and no log
   console.print_summary(result.metrics or {}, {
       'checkpoint': result.checkpoint, 'saved_model': result.saved_model,
-      'results': chief and result.metrics and os.path.join(output_dir, 'result.json'),
-      'log': chief and os.path.join(output_dir, console.LOG_FILE_NAME)},
+      'results': chief and result.metrics and os.path.join(result.output_dir, 'result.json'),
+      'log': chief and os.path.join(result.output_dir, console.LOG_FILE_NAME)},
       seconds=time.monotonic() - start)
   return 0
 

@@ -39,11 +39,13 @@ EVAL_SUBDIR = 'eval'  # everything mode=eval writes: nothing the training run ow
 @dataclasses.dataclass
 class RunResult:
   """What run() produced: the last evaluation's metrics (None when nothing was evaluated), the
-  last checkpoint and the SavedModel exported from it."""
+  last checkpoint and the SavedModel exported from it; `output_dir` is where the run wrote its
+  results, log and summaries (model_dir, or model_dir/eval for mode=eval)."""
   model_dir: str
   metrics: Optional[dict] = None
   checkpoint: Optional[str] = None
   saved_model: Optional[str] = None
+  output_dir: Optional[str] = None
 
 
 def check_before_writing(config: Config, source, strategy: tf.distribute.Strategy
@@ -167,7 +169,7 @@ def run(config: Config, strategy: Optional[tf.distribute.Strategy] = None,
     return _evaluate_run(config, source, task, flag_values, log_file, eval_progress_bar, export)
   if callbacks is None:
     callbacks = default_callbacks(config, source)
-  result = RunResult(model_dir=config.model_dir)
+  result = RunResult(model_dir=config.model_dir, output_dir=config.model_dir)
   train_steps = config.total_train_steps(num_train_examples)
   steps_per_loop = config.steps_per_loop(num_train_examples)
   logging.info('# train examples: %d, # train steps: %d, steps per loop: %d',
@@ -217,4 +219,4 @@ def _evaluate_run(config, source, task, flag_values, log_file, progress_bar, exp
       train_steps = config.total_train_steps(source.num_examples(config.train_split))
       metrics = evaluator.evaluate_continuously(train_steps, config.eval_timeout)
   return RunResult(model_dir=config.model_dir, metrics=metrics,
-                   saved_model=evaluator.saved_model)
+                   saved_model=evaluator.saved_model, output_dir=eval_dir)
