@@ -108,9 +108,10 @@ def build_evaluator(config: Config, source, task: SimCLRTask, export: bool = Tru
 
 
 @contextlib.contextmanager
-def writing_model_dir(directory: str, strategy: tf.distribute.Strategy):
-  """The chief holds the directory's writer lock and tidies leftovers of interrupted saves at
-  the start and after a failure; a run that fails before writing leaves no directory behind.
+def writing_output_dir(directory: str, strategy: tf.distribute.Strategy):
+  """The chief holds the writer lock of the directory a run writes into (model_dir, or
+  model_dir/eval for mode=eval) and tidies leftovers of interrupted saves at the start and
+  after a failure; a run that fails before writing leaves no directory behind.
   Other workers write nothing there (their saves go to scratch directories)."""
   if not is_chief(strategy):
     yield
@@ -177,7 +178,7 @@ def run(config: Config, strategy: Optional[tf.distribute.Strategy] = None,
   if config.warmup_steps(num_train_examples) >= train_steps:
     logging.warning('Warm-up does not end before training does (%d steps): the learning rate '
                     'never reaches its peak (K22).', train_steps)
-  with writing_model_dir(config.model_dir, strategy):
+  with writing_output_dir(config.model_dir, strategy):
     task.build_optimizer(num_train_examples)
     trainer = Trainer(task, config.model_dir, callbacks)
     trainer.restore()  # before writing anything: a checkpoint that does not fit is an error
@@ -205,7 +206,7 @@ def _evaluate_run(config, source, task, flag_values, log_file, progress_bar, exp
     raise ValueError('mode=eval needs a supervised head: use train_mode=finetune or '
                      '--lineareval_while_pretraining=true')
   eval_dir = os.path.join(config.model_dir, EVAL_SUBDIR)
-  with writing_model_dir(eval_dir, task.strategy):
+  with writing_output_dir(eval_dir, task.strategy):
     chief = is_chief(task.strategy)
     if flag_values is not None and chief:
       write_json(os.path.join(eval_dir, FLAGS_FILE), flag_values)
