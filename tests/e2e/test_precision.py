@@ -80,7 +80,9 @@ def test_mixed_precision_step_is_close_to_float32_and_its_checkpoint_loads_in_fl
   # The same update in float32: same weights, same learning rate (global step).
   reference_metrics = one_step(reference, global_step=skipped)
   for tag, value in reference_metrics.items():
-    assert mixed_metrics[tag] == pytest.approx(value, rel=0.05, abs=0.05), tag
+    # An accuracy counts argmax hits among the BATCH images: 16-bit rounding may flip one.
+    slack = 1 / BATCH + 1e-6 if tag.endswith('_acc') else 0.05
+    assert mixed_metrics[tag] == pytest.approx(value, rel=0.05, abs=slack), tag
   prefix = Trainer(mixed, str(tmp_path), callbacks=[]).save_checkpoint(skipped + 1)
   restored = SimCLRTask(tiny(), 10)
   restored.build_optimizer(NUM_EXAMPLES)
