@@ -47,7 +47,8 @@ def build_case(name, **overrides):
 def exported_case(name):
   """(model, export_dir) for one of EXPORTED_CASES, exported once per session."""
   model = build_case(name)
-  return model, export.export_saved_model(model, os.path.join(session_scratch.folder('exports'), name))
+  directory = os.path.join(session_scratch.folder('exports'), name)
+  return model, export.export_saved_model(model, directory)
 
 
 @functools.lru_cache(maxsize=None)
