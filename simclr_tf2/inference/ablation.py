@@ -21,7 +21,6 @@ RANDOM_INIT = 'random-init encoder'
 PRETRAINED = 'SimCLR-pretrained encoder'
 KNN = 'knn_top_1'
 PROBE = 'linear_probe_top_1'
-BN_CALIBRATION_BATCHES = 50  # 0.9^50 < 1 %: initial statistics no longer matter at decay 0.9
 PLOT_THUMBNAIL = 16
 
 
@@ -30,15 +29,16 @@ class Ablation(NamedTuple):
   plots: List[str]  # PNG paths (t-SNE scatter and thumbnail map of the pretrained test split)
 
 
-def random_init_encoder(config, source, split: str, batch_size: int = 256,
-                        batches: int = BN_CALIBRATION_BATCHES, seed: int = 0, strategy=None):
+def random_init_encoder(config, source, split: str, batch_size: int = 256, seed: int = 0,
+                        strategy=None):
   """A randomly initialised model of `config`'s architecture whose batch-norm moving statistics
-  are recalibrated on the data ("precise BN"): forward passes in training mode, no gradients
-  and no weight change, over `batches` batches of the un-augmented split (repeated as needed),
-  so each moving mean/variance converges to the statistics of the data as seen through the
-  random layers below it. Evaluating with per-batch statistics would also be fair but makes an
-  example's features depend on its batch; recalibrated moving averages keep inference
-  deterministic, exactly as for the pretrained encoder.
+  are the data's ("precise BN", Wu & Johnson 2021): one pass over the un-augmented split in
+  training mode, no gradients and no weight change; each batch norm's statistics become the
+  exact mean and variance, over the whole split, of its input as the random layers below it
+  compute it in training mode. With its initial statistics (mean 0, variance 1) a frozen random
+  ResNet passes activations that grow block after block un-normalised. Evaluating with
+  per-batch statistics would also be fair but makes an example's features depend on its batch;
+  the data's statistics keep inference deterministic, exactly as for the pretrained encoder.
   """
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
   import tf_keras as keras  # pylint: disable=import-outside-toplevel
@@ -49,16 +49,34 @@ def random_init_encoder(config, source, split: str, batch_size: int = 256,
   keras.utils.set_random_seed(seed)
   with strategy.scope():
     model = build_model(None, config).create_variables()
-  dataset = eval_images(source, split, config.image_size).repeat().batch(
-      batch_size, drop_remainder=True).take(batches)
+  norms = [layer for layer in model.submodules
+           if isinstance(layer, keras.layers.BatchNormalization)]
+  decays = [norm.momentum for norm in norms]
+  for norm in norms:  # traced below with momentum 0: a call leaves its batch's statistics
+    norm.momentum = 0.
 
   @tf.function
-  def calibrate(images):
-    # training=True updates the moving statistics; blur=False keeps the images as they are.
+  def batch_statistics(images):
+    # training=True normalises with the batch's statistics; blur=False keeps the images as is.
     strategy.run(lambda x: model(x, training=True, blur=False), (images,))
 
+  # Per layer: sums over batches of count * mean and count * (variance + mean^2).
+  count, sums = 0, [[0., 0.] for _ in norms]
+  dataset = eval_images(source, split, config.image_size).batch(batch_size)
   for images, _ in strategy.experimental_distribute_dataset(dataset):
-    calibrate(images)
+    batch_statistics(images)
+    size = sum(int(tf.shape(part)[0]) for part in strategy.experimental_local_results(images))
+    count += size
+    for norm, total in zip(norms, sums):
+      mean, variance = norm.moving_mean.numpy(), norm.moving_variance.numpy()
+      total[0] += size * mean
+      total[1] += size * (variance + mean ** 2)
+  with strategy.scope():
+    for norm, decay, (mean_sum, square_sum) in zip(norms, decays, sums):
+      mean = mean_sum / count
+      norm.moving_mean.assign(mean)
+      norm.moving_variance.assign(square_sum / count - mean ** 2)
+      norm.momentum = decay
   return model
 
 
@@ -66,7 +84,7 @@ def representation_scores(pretrained, source, *, train_split: str = 'train',
                           test_split: str = 'test', output_dir: Optional[str] = None,
                           batch_size: int = 256, k: int = probes.KNN_K,
                           temperature: float = probes.KNN_TEMPERATURE, seed: int = 0,
-                          bn_batches: int = BN_CALIBRATION_BATCHES, strategy=None) -> Ablation:
+                          strategy=None) -> Ablation:
   """kNN and linear-probe top-1 (train split -> test split) for raw pixels (the eval-preprocessed
   image, flattened), a random-init encoder of the same architecture with recalibrated batch norm
   (`random_init_encoder`) and `pretrained` (a model or LoadedModel), all on the encoder output.
@@ -74,8 +92,7 @@ def representation_scores(pretrained, source, *, train_split: str = 'train',
   the pretrained encoder's test-split embeddings.
   """
   config = getattr(pretrained, 'model', pretrained).simclr_config
-  random_model = random_init_encoder(config, source, train_split, batch_size, bn_batches, seed,
-                                     strategy)
+  random_model = random_init_encoder(config, source, train_split, batch_size, seed, strategy)
 
   def pixels(split):
     images, labels = zip(*eval_images(source, split, config.image_size).batch(batch_size)

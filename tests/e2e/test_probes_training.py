@@ -56,19 +56,22 @@ def test_random_init_encoder_gets_batch_norm_statistics_from_the_data():
   size = 8
   config = Config(resnet_depth=18, image_size=size, proj_out_dim=8)
   source = get_source('digits', image_size=size)
-  model = random_init_encoder(config, source, 'train', batch_size=64, batches=60)
+  model = random_init_encoder(config, source, 'train', batch_size=500)  # batches 500, 500, 437
   variables = {key.split('/.ATTRIBUTES')[0]: v for key, v in
                object_keys(model=model).items()}
   stem = 'model/resnet_model/initial_conv_relu_max_pool/'
   kernel = variables[stem + '0/conv2d/kernel']
-  moving_mean = variables[stem + '2/bn/moving_mean'].numpy()
-  # The first batch norm sees the stem convolution (3x3, stride 1, no bias) of the images; its
-  # moving mean must be the data's channel means (an average of batch means: within a few
-  # percent of their spread), not the initial zeros.
+  # The first batch norm sees the stem convolution (3x3, stride 1, no bias) of the images: its
+  # statistics must be those of that convolution over the whole train split, computed here
+  # with numpy, not the initial zeros and ones.
   images = next(eval_images(source, 'train', size).batch(2000).as_numpy_iterator())[0]
-  conv = tf.nn.conv2d(images, kernel, 1, 'SAME').numpy()
-  data_mean, data_std = conv.mean(axis=(0, 1, 2)), conv.std(axis=(0, 1, 2))
-  tolerance = 0.05 * data_std.max()
-  assert np.abs(data_mean).max() > 3 * tolerance  # so the initial zeros would fail below
-  np.testing.assert_allclose(moving_mean, data_mean, atol=tolerance)
+  assert len(images) == 1437
+  conv = tf.nn.conv2d(images, kernel, 1, 'SAME').numpy().astype(np.float64)
+  data_mean, data_variance = conv.mean(axis=(0, 1, 2)), conv.var(axis=(0, 1, 2))
+  assert np.abs(data_mean).max() > 0.1 * np.sqrt(data_variance.max())  # zeros would fail
+  np.testing.assert_allclose(variables[stem + '2/bn/moving_mean'].numpy(), data_mean,
+                             rtol=1e-4, atol=1e-6 * np.sqrt(data_variance.max()))
+  # Each batch's variance is Bessel-corrected (n/(n-1), n = its images x 64 positions).
+  np.testing.assert_allclose(variables[stem + '2/bn/moving_variance'].numpy(), data_variance,
+                             rtol=1e-3)
   assert not model.has_supervised_head
