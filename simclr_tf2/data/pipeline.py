@@ -8,6 +8,7 @@ labels. Seeded streams are a function of (seed, position), so a resumed run cont
 
 import logging
 import random
+from typing import Optional
 
 import tensorflow as tf
 
@@ -89,7 +90,7 @@ def _seeded_training_examples(source, split, input_context, seed, buffer_size, c
 
 def build_input_fn(source, global_batch_size, is_training, *, split, train_mode, image_size,
                    color_jitter_strength, cache_dataset, seed=None, start_step=0, slack=False,
-                   crop_min_area=CROP_MIN_AREA, horizontal_flip=True):
+                   crop_min_area=CROP_MIN_AREA, horizontal_flip=True, train_steps=None):
   """Returns `input_fn(input_context)` building one input pipeline.
 
   `slack` (training only): tf.data's slack in the final prefetch, which eases CPU contention
@@ -104,6 +105,11 @@ def build_input_fn(source, global_batch_size, is_training, *, split, train_mode,
   is a function of (seed, position): `start_step` (the global step a run resumes from) starts it
   where an uninterrupted run would be after that many steps, for the same number of input
   pipelines and global batch size. Unseeded streams always start afresh.
+
+  `train_steps` (training only; None: forever): the step the run stops at. The stream then ends
+  with the last batch a step from `start_step` to `train_steps` takes (the same batches): nothing
+  is left in flight when training ends, whose teardown otherwise waits for the work of batches
+  nobody takes (seconds, and tens of seconds when the machine's disk is busy).
   """
   if train_mode not in TRAIN_MODES:
     raise ValueError(f'train_mode={train_mode!r} must be one of {", ".join(TRAIN_MODES)}')
@@ -159,6 +165,11 @@ def build_input_fn(source, global_batch_size, is_training, *, split, train_mode,
     # Seeds are tied to an example's position, not to the (possibly parallel) map call order.
     base_seed = random.SystemRandom().randrange(2**31) if seed is None else seed
     dataset = tf.data.Dataset.zip((dataset, _element_seeds(base_seed, input_context, start)))
+    if is_training and train_steps is not None:
+      # Each step takes one per-replica batch from this pipeline for each replica it feeds.
+      replicas_fed = input_context.num_replicas_in_sync // input_context.num_input_pipelines
+      dataset = dataset.take(
+          max(train_steps - start_step, 0) * replicas_fed * per_replica_batch_size)
     dataset = dataset.map(map_fn, num_parallel_calls=tf.data.AUTOTUNE)
     dataset = dataset.batch(per_replica_batch_size, drop_remainder=is_training)
     return dataset.prefetch(tf.data.AUTOTUNE)
@@ -179,11 +190,12 @@ def build_distributed_dataset(source, global_batch_size, is_training, strategy, 
 
 
 def distributed_dataset(config: Config, source, strategy, is_training: bool,
-                        start_step: int = 0):
+                        start_step: int = 0, train_steps: Optional[int] = None):
   """The per-replica training (augmented, repeated) or evaluation pipeline of a config.
 
   `start_step`: the global step training resumes from; with a seed the stream then continues
-  exactly where the interrupted run was (build_input_fn).
+  exactly where the interrupted run was. `train_steps`: where training stops, so the stream
+  ends there (None: it repeats forever); see build_input_fn.
   """
   return build_distributed_dataset(
       source, config.train_batch_size if is_training else config.eval_batch_size,
@@ -193,4 +205,4 @@ def distributed_dataset(config: Config, source, strategy, is_training: bool,
       color_jitter_strength=config.color_jitter_strength if is_training else 0.,
       cache_dataset=config.cache_dataset, seed=config.seed,
       start_step=start_step if is_training else 0, crop_min_area=config.crop_min_area,
-      horizontal_flip=config.horizontal_flip)
+      horizontal_flip=config.horizontal_flip, train_steps=train_steps if is_training else None)

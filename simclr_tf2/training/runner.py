@@ -188,7 +188,7 @@ def run(config: Config, strategy: Optional[tf.distribute.Strategy] = None,
       record_settings(config, flag_values, changes, trainer.step)
       write_label_subset(config.model_dir, subset)
     dataset = distributed_dataset(config, source, strategy, is_training=True,
-                                  start_step=trainer.step)
+                                  start_step=trainer.step, train_steps=train_steps)
     result.checkpoint = trainer.fit(dataset, train_steps, steps_per_loop)
     if config.mode == 'train_then_eval' and task.can_evaluate:
       evaluator = build_evaluator(config, source, task, export, progress_bar=eval_progress_bar)

@@ -332,7 +332,7 @@ def _batches(source, global_batch, context, count, train_mode, cache_dataset=Fal
     # second of two pipelines (719 examples each), one replica each: inside epoch 2
     (tf.distribute.InputContext(2, 1, 2), 1, True, 'finetune', 50),
 ])
-def test_seeded_stream_resumed_at_a_step_continues_the_uninterrupted_one(
+def test_seeded_stream_resumed_at_a_step_continues_the_uninterrupted_one_and_ends_at_train_steps(
     digits, context, batches_per_step, cache_dataset, train_mode, start_step):
   global_batch, steps = 32, 2
   count = steps * batches_per_step
@@ -345,6 +345,13 @@ def test_seeded_stream_resumed_at_a_step_continues_the_uninterrupted_one(
     np.testing.assert_array_equal(y, y_ref)
     np.testing.assert_array_equal(x, x_ref)
   assert not np.array_equal(resumed[0][0], uninterrupted[0][0])
+  # Stopping at train_steps: the stream ends with the last step's batches, the same ones.
+  finite = _batches(digits, global_batch, context, count + 3, train_mode, cache_dataset,
+                    start_step=start_step, train_steps=start_step + steps)
+  assert len(finite) == count
+  for (x, y), (x_ref, y_ref) in zip(finite, resumed):
+    np.testing.assert_array_equal(y, y_ref)
+    np.testing.assert_array_equal(x, x_ref)
 
 
 def test_seeded_epochs_are_permutations_in_new_orders(digits):
