@@ -12,6 +12,9 @@ import tensorflow as tf
 from golden_data import REPO
 from simclr_tf2.network.model import build_model
 
+# One xdist worker runs this module: its module-scoped runs are then built once.
+pytestmark = pytest.mark.xdist_group('test_console_commands')
+
 # Lines of TensorFlow's C++ loggers (absl and tsl formats) and of Python's warnings module.
 CPP_LOG_LINE = re.compile(r'^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+: [IWE] |[IWE]\d{4} )')
 PYTHON_WARNING = re.compile(r'Warning: ')

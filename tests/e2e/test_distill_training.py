@@ -20,6 +20,9 @@ from simclr_tf2.inference.loading import load_model
 from simclr_tf2.network.model import build_model
 from simclr_tf2.training.distill import DistillationTask, load_teacher
 
+# One xdist worker runs this module: its module-scoped runs are then built once.
+pytestmark = pytest.mark.xdist_group('test_distill_training')
+
 TINY = ['--dataset=digits', '--resnet_depth=18', '--image_size=8', '--train_batch_size=16',
         '--checkpoint_steps=2', '--eval_steps=2', '--eval_batch_size=16', '--use_tpu=false',
         '--use_blur=false', '--seed=0', '--optimizer=momentum', '--warmup_epochs=0']

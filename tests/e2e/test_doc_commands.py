@@ -48,6 +48,9 @@ from simclr_tf2 import run as run_command
 from simclr_tf2.errors import one_line
 from simclr_tf2.network.model import build_model
 
+# One xdist worker runs this module: its module-scoped runs are then built once.
+pytestmark = pytest.mark.xdist_group('test_doc_commands')
+
 PAGES = [REPO / 'README.md'] + sorted((REPO / 'docs').glob('*.md'))
 
 NOT_RUN = {  # command prefix: why no test runs it

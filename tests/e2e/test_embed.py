@@ -21,6 +21,9 @@ from simclr_tf2.inference.loading import load_model
 from simclr_tf2.network.model import build_model
 from export_cases import randomize_batch_norm
 
+# One xdist worker runs this module: its module-scoped runs are then built once.
+pytestmark = pytest.mark.xdist_group('test_embed')
+
 SIZE = 16
 COUNT = 20  # digits test images embedded per test (batches of 8: the last one is partial)
 STEP = 7

@@ -16,6 +16,9 @@ with warnings.catch_warnings():  # "pkg_resources is deprecated", from hub's own
 
 from export_cases import assert_endpoints_close, exported_case, images
 
+# One xdist worker runs this module: its module-scoped runs are then built once.
+pytestmark = pytest.mark.xdist_group('test_hub_export')
+
 CASE = 'r18_cifar_pretrain_lars'  # has the supervised head, so every endpoint is exported
 SIZE = 16
 # Against the model run as a graph too: eagerly it skips op fusion, which moves deep float32

@@ -7,7 +7,8 @@
 * `kill -9` of a worker: the other stops within LOST_WORKER_SECONDS with one `error:` line
   naming it; starting both again resumes from the last checkpoint and ends with the
   uninterrupted run's weights.
-* A faked SLURM job step of two tasks on localhost trains the same way (SlurmClusterResolver).
+* Workers are started by TF_CONFIG or as the tasks of a faked SLURM job step on localhost
+  (SlurmClusterResolver): the chief is killed in the first case, the other worker in the second.
 * Mistakes are one-line errors before anything is written: a malformed TF_CONFIG, a task index
   out of range, a busy port, --use_tpu with TF_CONFIG, workers with different flags, no TPU.
 
@@ -33,6 +34,9 @@ import tensorflow as tf
 
 from golden_data import REPO
 from simclr_tf2 import run as run_command
+
+# One xdist worker runs this module: its module-scoped runs are then built once.
+pytestmark = pytest.mark.xdist_group('test_multiworker_command')
 
 TIMEOUT = 600  # seconds for any one process (generous: the 2 CPUs are shared)
 LOST_WORKER_SECONDS = 60  # docs/distributed.md: a dead worker stops the others within this
@@ -267,15 +271,35 @@ def error_lines(text):
   return [line for line in text.splitlines() if line.startswith('error:')]
 
 
+def slurm_step(workers):
+  """The environments of a faked SLURM job step of `workers` tasks on localhost, and their
+  addresses (SlurmClusterResolver: the tasks of a node listen on consecutive ports from the
+  first reserved one)."""
+  ports = consecutive_free_ports(workers)
+  step = {'SLURM_JOB_ID': '4242', 'SLURM_STEP_ID': '0', 'SLURM_STEP_NUM_TASKS': str(workers),
+          'SLURM_STEP_NODELIST': 'localhost', 'SLURM_STEP_TASKS_PER_NODE': str(workers),
+          'SLURM_STEP_RESV_PORTS': f'{ports[0]}-{ports[-1]}', 'CUDA_VISIBLE_DEVICES': ''}
+  return ([{**step, 'SLURM_PROCID': str(rank)} for rank in range(workers)],
+          [f'localhost:{port}' for port in ports])
+
+
+def tf_config_cluster(workers):
+  """The environments of `workers` TF_CONFIG workers over loopback, and their addresses."""
+  configs = tf_configs(workers)
+  return ([{'TF_CONFIG': json.dumps(c)} for c in configs], configs[0]['cluster']['worker'])
+
+
+# Killing the chief of a TF_CONFIG cluster and the non-chief of a SLURM job step: both ways
+# of starting workers train, stop and resume through the command.
 @pytest.mark.slow
-@pytest.mark.parametrize('killed', [0, 1], ids=['chief_killed', 'worker_killed'])
+@pytest.mark.parametrize('killed,cluster', [(0, tf_config_cluster), (1, slurm_step)],
+                         ids=['chief_killed_tf_config', 'worker_killed_slurm'])
 def test_a_killed_worker_stops_the_other_and_both_resume(tmp_path, processes, mirrored_run,
-                                                         killed):
+                                                         killed, cluster):
   model_dir = tmp_path / 'model'
   argv = COMMAND + FLAGS + [f'--model_dir={model_dir}']
-  configs = tf_configs(2)
-  first = processes.workers('first', argv, [{'TF_CONFIG': json.dumps(c)} for c in configs],
-                            [tmp_path / f'tmp{index}' for index in range(2)])
+  envs, addresses = cluster(2)
+  first = processes.workers('first', argv, envs, [tmp_path / f'tmp{index}' for index in range(2)])
   wait_for_checkpoint(model_dir, 2, first, processes)
   os.kill(first[killed].pid, signal.SIGKILL)
   assert_same_checkpoint(model_dir / 'ckpt-2', mirrored_run / 'ckpt-2')
@@ -286,42 +310,25 @@ def test_a_killed_worker_stops_the_other_and_both_resume(tmp_path, processes, mi
   seconds = time.monotonic() - killed_at
   print(f'worker {1 - killed} stopped {seconds:.1f} s after worker {killed} was killed')
   log = processes.log(survivor)
-  address = configs[killed]['cluster']['worker'][killed]
   assert code == 1, log[-3000:]
   assert error_lines(log) == [line for line in error_lines(log)
-                              if line.startswith(f'error: lost worker {killed} ({address}): ')]
+                              if line.startswith(f'error: lost worker {killed} '
+                                                 f'({addresses[killed]}): ')]
   assert len(error_lines(log)) == 1 and 'Traceback' not in log, log[-3000:]
   assert not (model_dir / 'ckpt-4.index').exists()
 
   # Both again, on new ports: they resume from ckpt-2 and end with the uninterrupted weights.
   scratch = [tmp_path / f'again{index}' for index in range(2)]
-  second = processes.workers('second', argv,
-                             [{'TF_CONFIG': json.dumps(c)} for c in tf_configs(2)], scratch)
+  second = processes.workers('second', argv, cluster(2)[0], scratch)
   processes.wait_ok(*second)
+  for rank, worker in enumerate(second):
+    assert f'2 replicas (MultiWorkerMirroredStrategy, worker {rank} of 2)' in (
+        processes.log(worker))
   assert f'Resumed from {model_dir / "ckpt-2"}' in (model_dir / 'log.txt').read_text()
   assert_same_checkpoint(model_dir / 'ckpt-4', mirrored_run / 'ckpt-4')
   assert not (model_dir / 'writer.lock').exists()
   if killed == 1:  # the surviving chief tidied up; the restarted non-chief wrote nothing
     assert_only_the_chief_wrote(model_dir, [first[0].pid, second[0].pid], scratch)
-
-
-@pytest.mark.slow
-def test_a_slurm_job_step_trains_through_the_command(tmp_path, processes, mirrored_run):
-  model_dir = tmp_path / 'model'
-  base = consecutive_free_ports(2)[0]
-  step = {'SLURM_JOB_ID': '4242', 'SLURM_STEP_ID': '0', 'SLURM_STEP_NUM_TASKS': '2',
-          'SLURM_STEP_NODELIST': 'localhost', 'SLURM_STEP_TASKS_PER_NODE': '2',
-          'SLURM_STEP_RESV_PORTS': f'{base}-{base + 1}', 'CUDA_VISIBLE_DEVICES': ''}
-  scratch = [tmp_path / f'tmp{index}' for index in range(2)]
-  workers = processes.workers('task', COMMAND + FLAGS + [f'--model_dir={model_dir}'],
-                              [{**step, 'SLURM_PROCID': str(rank)} for rank in range(2)],
-                              scratch)
-  processes.wait_ok(*workers)
-  for rank, worker in enumerate(workers):
-    assert f'2 replicas (MultiWorkerMirroredStrategy, worker {rank} of 2)' in (
-        processes.log(worker))
-  assert_same_checkpoint(model_dir / 'ckpt-4', mirrored_run / 'ckpt-4')
-  assert_only_the_chief_wrote(model_dir, [workers[0].pid], scratch)
 
 
 def test_workers_with_different_flags_stop_with_one_line_each(tmp_path, processes):

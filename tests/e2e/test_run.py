@@ -29,6 +29,9 @@ from simclr_tf2.config import Config
 from simclr_tf2.data import get_source
 from simclr_tf2.training.task import SimCLRTask
 
+# One xdist worker runs this module: its module-scoped runs are then built once.
+pytestmark = pytest.mark.xdist_group('test_run')
+
 VALUE = '/.ATTRIBUTES/VARIABLE_VALUE'
 HEAD_KERNEL = 'model/supervised_head/linear_layer/dense/kernel' + VALUE
 HEAD_BIAS = 'model/supervised_head/linear_layer/dense/bias' + VALUE

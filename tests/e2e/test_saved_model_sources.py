@@ -35,6 +35,9 @@ from simclr_tf2.network.checkpoint import object_keys  # noqa: E402
 from simclr_tf2.network.model import build_model  # noqa: E402
 from simclr_tf2.training.distill import load_teacher  # noqa: E402
 
+# One xdist worker runs this module: its module-scoped runs are then built once.
+pytestmark = pytest.mark.xdist_group('test_saved_model_sources')
+
 VALUE = '/.ATTRIBUTES/VARIABLE_VALUE'
 NUM_CLASSES = 10  # digits
 SIZE = 8  # images fed to the CIFAR-stem models (shapes do not depend on it)
