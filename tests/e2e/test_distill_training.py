@@ -14,6 +14,7 @@ import pytest
 import tensorflow as tf
 
 from commands import error_line, run_main
+from fixed_batch import train_on_fixed_batch
 from golden_data import read_keys
 from simclr_tf2.config import Config
 from simclr_tf2.inference.loading import load_model
@@ -26,7 +27,6 @@ pytestmark = pytest.mark.xdist_group('test_distill_training')
 TINY = ['--dataset=digits', '--resnet_depth=18', '--image_size=8', '--train_batch_size=16',
         '--checkpoint_steps=2', '--eval_steps=2', '--eval_batch_size=16', '--use_tpu=false',
         '--use_blur=false', '--seed=0', '--optimizer=momentum', '--warmup_epochs=0']
-NUM_TRAIN = 1437  # digits' training split
 
 
 @pytest.fixture(scope='module')
@@ -45,22 +45,6 @@ def _config(teacher, **overrides):
                           seed=0, optimizer='momentum', warmup_epochs=0., learning_rate=0.5,
                           train_mode='distill', teacher_checkpoint=teacher,
                           distill_temperature=2., distill_label_weight=0.3), **overrides})
-
-
-def _train_steps(task, images, labels, steps=1):
-  """`steps` train_steps on a fixed global batch, driven as a user's own loop would."""
-  strategy = task.strategy
-  task.build_optimizer(NUM_TRAIN)
-
-  @tf.function
-  def train_one_step(iterator):
-    strategy.run(task.train_step, next(iterator))
-
-  dataset = tf.data.Dataset.from_tensor_slices((images, labels)).batch(len(images)).repeat()
-  iterator = iter(strategy.experimental_distribute_dataset(dataset))
-  for _ in range(steps):
-    train_one_step(iterator)
-  return task.train_metrics.results(), task.model.get_weights()
 
 
 def _batch(size=16):
@@ -100,7 +84,7 @@ def test_teacher_stays_bit_identical_and_runs_in_inference_mode(teacher_run, tmp
   reference = load_model(prefix).model  # a second copy, never trained
   expected = reference.call_with_endpoints(tf.constant(images), training=False)['logits_sup']
   task = DistillationTask(config, teacher)
-  metrics, _ = _train_steps(task, images, labels, steps=3)
+  metrics, _ = train_on_fixed_batch(task, images, labels, steps=3)
   assert int(task.global_step.numpy()) == 3
   for variable, value in zip(teacher.model.variables, before):  # BN statistics included
     np.testing.assert_array_equal(variable.numpy(), value, err_msg=variable.name)
@@ -134,8 +118,8 @@ def test_two_replicas_match_one_device(teacher_run, two_replica_strategy, tmp_pa
   assert two.strategy.num_replicas_in_sync == 2
   initial = one.model.get_weights()
   two.model.set_weights(initial)
-  one_metrics, one_weights = _train_steps(one, images, labels)
-  two_metrics, two_weights = _train_steps(two, images, labels)
+  one_metrics, one_weights = train_on_fixed_batch(one, images, labels)
+  two_metrics, two_weights = train_on_fixed_batch(two, images, labels)
   assert list(one_metrics) == list(two_metrics)
   for tag, value in one_metrics.items():
     assert two_metrics[tag] == pytest.approx(value, abs=1e-5), tag

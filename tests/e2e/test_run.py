@@ -19,6 +19,7 @@ import pytest
 import tensorflow as tf
 
 from commands import error_line, run_main
+from fixed_batch import train_on_fixed_batch
 from golden_data import golden_model_tree, read_keys
 from golden_data import REPO
 from simclr_tf2.data import distributed_dataset
@@ -281,23 +282,6 @@ def test_restore_from_checkpoint_zeroes_head_only_with_flag(pretrain_run, tmp_pa
 
 # --- 2. two replicas == one device ------------------------------------------------------------
 
-def _step_once(task, images, labels):
-  """One train_step of the task on a fixed global batch, driven as a user's own loop would;
-  returns (metrics, weights)."""
-  strategy = task.strategy
-  task.build_optimizer(NUM_TRAIN)
-  assert int(task.global_step.numpy()) == 0
-
-  @tf.function
-  def train_one_step(iterator):
-    strategy.run(task.train_step, next(iterator))
-
-  dataset = tf.data.Dataset.from_tensor_slices((images, labels)).batch(len(images)).repeat()
-  train_one_step(iter(strategy.experimental_distribute_dataset(dataset)))
-  assert int(task.global_step.numpy()) == 1
-  return task.train_metrics.results(), task.model.get_weights()
-
-
 def test_two_replicas_match_one_device_on_a_fixed_batch(two_replica_strategy, tmp_path):
   # LARS (the default): its excluded variables (batch norm, biases, head) take plain momentum
   # steps, so a wrong gradient scale across replicas shows there.
@@ -315,8 +299,8 @@ def test_two_replicas_match_one_device_on_a_fixed_batch(two_replica_strategy, tm
   two_devices.model.set_weights(initial)
   names = [v.name for v in one_device.model.weights]
 
-  one_metrics, one_weights = _step_once(one_device, images, labels)
-  two_metrics, two_weights = _step_once(two_devices, images, labels)
+  one_metrics, one_weights = train_on_fixed_batch(one_device, images, labels)
+  two_metrics, two_weights = train_on_fixed_batch(two_devices, images, labels)
 
   assert list(one_metrics) == list(two_metrics)
   for tag, value in one_metrics.items():
