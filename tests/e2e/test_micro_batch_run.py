@@ -1,6 +1,8 @@
 """--micro_batch_size through run(config): exact resume; the per-replica check before writing."""
 
+import logging
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -21,14 +23,18 @@ def _values(model_dir, step):
           if key != '_CHECKPOINTABLE_OBJECT_GRAPH'}
 
 
-def test_chunked_run_resumed_halfway_equals_the_uninterrupted_run(tmp_path):
+def test_chunked_run_resumed_halfway_equals_the_uninterrupted_run(tmp_path, caplog):
   whole, halves = str(tmp_path / 'whole'), str(tmp_path / 'halves')
-  tiny = dict(TINY, checkpoint_steps=1)
+  config = Config(**dict(TINY, checkpoint_steps=1), train_steps=2, model_dir=whole)
   # One device: a second MirroredStrategy in this process would clash with conftest's.
   one_device = tf.distribute.get_strategy()
-  run(Config(**tiny, train_steps=2, model_dir=whole), one_device, export=False)
-  run(Config(**tiny, train_steps=1, model_dir=halves), one_device, export=False)
-  run(Config(**tiny, train_steps=2, model_dir=halves), one_device, export=False)  # resumes
+  run(config, one_device, export=False)
+  # What a run stopped after its first checkpoint leaves: the folder without ckpt-2.
+  shutil.copytree(whole, halves, ignore=shutil.ignore_patterns('ckpt-2.*'))
+  tf.compat.v1.train.update_checkpoint_state(halves, os.path.join(halves, 'ckpt-1'))
+  caplog.set_level(logging.INFO)
+  run(config.replace(model_dir=halves), one_device, export=False)
+  assert f'Resumed from {os.path.join(halves, "ckpt-1")}' in caplog.messages
   expected, actual = _values(whole, 2), _values(halves, 2)
   assert actual.keys() == expected.keys()
   for key, value in expected.items():  # blur seeded per (step, chunk): bit for bit
