@@ -31,3 +31,22 @@ def capture_named(graph, tensor, name: str):
 def mean_count(metric) -> float:
   """How many values a Keras `Mean` metric has averaged (its `count` state variable)."""
   return float(metric.count.numpy())
+
+
+
+def create_optimizer_variables(optimizer, variables, with_gradients) -> None:
+  """Creates an optimizer's slots now, as its first `apply_gradients` over `variables` would
+  when only `with_gradients` (a sub-list) get a gradient: the legacy Keras optimizers drop the
+  others first, the newer ones build for every variable passed. Created inside the first traced
+  step instead, they make `tf.function` trace that step a second time (a function that created
+  variables is retraced without variable creation), doubling the start-up cost of every run.
+  The legacy optimizers have no public method for this."""
+  if isinstance(optimizer, _legacy_optimizer_class()):
+    optimizer._create_all_weights(with_gradients)  # pylint: disable=protected-access
+  else:
+    optimizer.build(variables)
+
+
+def _legacy_optimizer_class():
+  import tf_keras  # pylint: disable=import-outside-toplevel
+  return tf_keras.optimizers.legacy.Optimizer

@@ -6,11 +6,13 @@ import tensorflow as tf
 DIGITS_TRAIN_EXAMPLES = 1437  # the schedule's epoch length (digits' training split)
 
 
-def train_on_fixed_batch(task, images, labels, steps=1):
-  """Builds the task's optimizer, then runs `steps` train_steps on (images, labels) as the
-  global batch under the task's strategy; returns (train metrics, model weights)."""
+def train_on_fixed_batch(task, images, labels, steps=1, build_optimizer=True):
+  """Builds the task's optimizer (unless it is built), then runs `steps` train_steps on
+  (images, labels) as the global batch under the task's strategy; returns (train metrics,
+  model weights)."""
   strategy = task.strategy
-  task.build_optimizer(DIGITS_TRAIN_EXAMPLES)
+  if build_optimizer:
+    task.build_optimizer(DIGITS_TRAIN_EXAMPLES)
   assert int(task.global_step.numpy()) == 0
 
   @tf.function

@@ -11,7 +11,7 @@ Python API (no absl needed)::
 """
 
 import contextlib
-from typing import Dict, Optional
+from typing import Dict, List, Optional
 
 import tensorflow as tf
 import tf_keras as keras
@@ -27,8 +27,9 @@ ENDPOINT_NAMES = ('initial_conv', 'initial_max_pool', 'block_group1', 'block_gro
 
 
 def unused_projection_layers(config: Config):
-  """Indices of projection layers the supervised head does not depend on when finetuning (K7)."""
-  if config.train_mode == 'pretrain' or not config.freeze_unused_proj_head:
+  """Indices of projection layers the supervised head does not depend on when finetuning: they
+  get no gradient (K7)."""
+  if config.train_mode == 'pretrain':
     return ()
   num_layers = config.num_projection_outputs() - 1
   used = config.ft_proj_selector % (num_layers + 1)  # hiddens[i] depends on layers 0..i-1
@@ -58,7 +59,8 @@ class SimCLRModel(keras.Model):
     self._projection_head = ProjectionHead(
         proj_head_mode=config.proj_head_mode, proj_out_dim=config.proj_out_dim,
         num_proj_layers=config.num_proj_layers, ft_proj_selector=config.ft_proj_selector,
-        norm=norm, frozen_layers=unused_projection_layers(config))
+        norm=norm, frozen_layers=(unused_projection_layers(config)
+                                  if config.freeze_unused_proj_head else ()))
     if finetune or config.lineareval_while_pretraining:
       if not num_classes:
         raise ValueError('num_classes is required when the model has a supervised head '
@@ -68,6 +70,17 @@ class SimCLRModel(keras.Model):
   @property
   def has_supervised_head(self) -> bool:
     return hasattr(self, 'supervised_head')
+
+  @property
+  def updated_variables(self) -> List[tf.Variable]:
+    """The trainable variables a training step updates, in `trainable_variables` order: all but
+    those of the projection layers a fine-tuned supervised head does not use, which get no
+    gradient (they are trainable only with --freeze_unused_proj_head=false, the reference's
+    behaviour, K7). The optimizer has slots for exactly these, as in the reference."""
+    unused = unused_projection_layers(self.simclr_config)
+    skipped = {variable.ref() for index in unused
+               for variable in self._projection_head.linear_layers[index].trainable_variables}
+    return [v for v in self.trainable_variables if v.ref() not in skipped]
 
   @property
   def projection_head(self) -> ProjectionHead:

@@ -17,6 +17,7 @@ from typing import NamedTuple, Optional
 import tensorflow as tf
 import tf_keras as keras
 
+from simclr_tf2.compat import create_optimizer_variables
 from simclr_tf2.config import Config
 from simclr_tf2.errors import ConfigError
 from simclr_tf2.training.lars import build_optimizer
@@ -72,6 +73,10 @@ class SimCLRTask:
       # Reading `iterations` creates the legacy optimizer's step counter here, in the strategy
       # scope; created lazily inside a distributed step it would fail.
       _ = self.optimizer.iterations
+      # Slots now, in the strategy scope: created in the first step they would make
+      # tf.function trace it twice.
+      create_optimizer_variables(self.optimizer, self.model.trainable_variables,
+                                 self.model.updated_variables)
       # The checkpoint keeps the inner optimizer (official keys); the loss scale is not saved
       # and restarts at its initial value on resume.
       self._updater = (keras.mixed_precision.LossScaleOptimizer(self.optimizer)

@@ -1,10 +1,12 @@
 """The TensorFlow / Keras internals simclr_tf2.compat relies on still behave as it assumes. A
 failure here after an upgrade names the function to rewrite."""
 
+import pytest
 import tensorflow as tf
 import tf_keras as keras
 
 from simclr_tf2 import compat
+from simclr_tf2.training.lars import LARSOptimizer
 
 
 def test_set_layer_name_keeps_the_name_exactly():
@@ -46,3 +48,25 @@ def test_mean_count_counts_updates():
   mean.update_state(2.)
   mean.update_state([4., 6.])
   assert compat.mean_count(mean) == 3
+
+
+@pytest.mark.parametrize('optimizer', [
+    LARSOptimizer(0.1), keras.optimizers.legacy.SGD(0.1, momentum=0.9),
+    keras.optimizers.SGD(0.1, momentum=0.9)], ids=['lars', 'legacy_sgd', 'sgd'])
+def test_optimizer_variables_created_ahead_are_all_the_first_step_needs(optimizer):
+  used, unused = tf.Variable([1., 2.]), tf.Variable([3.])
+  compat.create_optimizer_variables(optimizer, [used, unused], [used])
+  created = []
+
+  def record(next_creator, **kwargs):
+    created.append(kwargs.get('name'))
+    return next_creator(**kwargs)
+
+  @tf.function
+  def step():
+    optimizer.apply_gradients([(tf.ones([2]), used), (None, unused)])
+
+  with tf.variable_creator_scope(record):
+    step()
+  assert created == [], 'the first step created optimizer variables: a second trace per run'
+  assert used.numpy().tolist() != [1., 2.] and unused.numpy().tolist() == [3.]
