@@ -12,7 +12,8 @@ import tensorflow as tf
 from golden_data import REPO
 from simclr_tf2.network.model import build_model
 
-# One xdist worker runs this module: its module-scoped runs are then built once.
+# One xdist worker runs this module, so its session-scoped runs are built once (module-scoped
+# ones were built again when the worker's test order left the module and came back).
 pytestmark = pytest.mark.xdist_group('test_console_commands')
 
 # Lines of TensorFlow's C++ loggers (absl and tsl formats) and of Python's warnings module.
@@ -95,7 +96,7 @@ def _run_training(model_dir, *extra):
   return result.returncode, (result.stdout + result.stderr).splitlines()
 
 
-@pytest.fixture(name='tiny_checkpoint', scope='module')
+@pytest.fixture(name='tiny_checkpoint', scope='session')
 def tiny_checkpoint_fixture(tmp_path_factory):
   directory = tmp_path_factory.mktemp('tiny_ckpt')
   model = build_model(10, resnet_depth=18, image_size=32, lineareval_while_pretraining=True)

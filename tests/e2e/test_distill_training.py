@@ -21,7 +21,8 @@ from simclr_tf2.inference.loading import load_model
 from simclr_tf2.network.model import build_model
 from simclr_tf2.training.distill import DistillationTask, load_teacher
 
-# One xdist worker runs this module: its module-scoped runs are then built once.
+# One xdist worker runs this module, so its session-scoped runs are built once (module-scoped
+# ones were built again when the worker's test order left the module and came back).
 pytestmark = pytest.mark.xdist_group('test_distill_training')
 
 TINY = ['--dataset=digits', '--resnet_depth=18', '--image_size=8', '--train_batch_size=16',
@@ -29,7 +30,7 @@ TINY = ['--dataset=digits', '--resnet_depth=18', '--image_size=8', '--train_batc
         '--use_blur=false', '--seed=0', '--optimizer=momentum', '--warmup_epochs=0']
 
 
-@pytest.fixture(scope='module')
+@pytest.fixture(scope='session')
 def teacher_run(tmp_path_factory):
   """A fine-tuned R18 teacher (2 steps): (model_dir, checkpoint prefix, SavedModel dir)."""
   model_dir = str(tmp_path_factory.mktemp('teacher'))

@@ -48,7 +48,8 @@ from simclr_tf2 import run as run_command
 from simclr_tf2.errors import one_line
 from simclr_tf2.network.model import build_model
 
-# One xdist worker runs this module: its module-scoped runs are then built once.
+# One xdist worker runs this module, so its session-scoped runs are built once (module-scoped
+# ones were built again when the worker's test order left the module and came back).
 pytestmark = pytest.mark.xdist_group('test_doc_commands')
 
 PAGES = [REPO / 'README.md'] + sorted((REPO / 'docs').glob('*.md'))
@@ -271,7 +272,7 @@ def _run(args, cwd):
   assert code == 0, (args, err.getvalue()[-3000:])
 
 
-@pytest.fixture(scope='module')
+@pytest.fixture(scope='session')
 def stand_ins(tmp_path_factory):
   root = tmp_path_factory.mktemp('reader_files')
   _write_images(root / 'my_images' / 'train', 24, seed=0)

@@ -21,7 +21,8 @@ from simclr_tf2.inference.loading import load_model
 from simclr_tf2.network.model import build_model
 from export_cases import randomize_batch_norm
 
-# One xdist worker runs this module: its module-scoped runs are then built once.
+# One xdist worker runs this module, so its session-scoped runs are built once (module-scoped
+# ones were built again when the worker's test order left the module and came back).
 pytestmark = pytest.mark.xdist_group('test_embed')
 
 SIZE = 16
@@ -29,7 +30,7 @@ COUNT = 20  # digits test images embedded per test (batches of 8: the last one i
 STEP = 7
 
 
-@pytest.fixture(scope='module')
+@pytest.fixture(scope='session')
 def trained(tmp_path_factory):
   """A small model with non-trivial batch norm, saved as a run's model_dir (config.json too)."""
   config = Config(resnet_depth=18, image_size=SIZE, proj_out_dim=8, dataset='digits',

@@ -16,7 +16,8 @@ with warnings.catch_warnings():  # "pkg_resources is deprecated", from hub's own
 
 from export_cases import assert_endpoints_close, exported_case, images
 
-# One xdist worker runs this module: its module-scoped runs are then built once.
+# One xdist worker runs this module, so its session-scoped runs are built once (module-scoped
+# ones were built again when the worker's test order left the module and came back).
 pytestmark = pytest.mark.xdist_group('test_hub_export')
 
 CASE = 'r18_cifar_pretrain_lars'  # has the supervised head, so every endpoint is exported
@@ -26,7 +27,7 @@ SIZE = 16
 INFERENCE_TOLERANCE = 1e-6
 
 
-@pytest.fixture(scope='module')
+@pytest.fixture(scope='session')
 def exported():
   """(model, export_dir): the session's export of CASE, shared with the export and conversion
   tests (every test here loads it afresh and leaves it unchanged)."""

@@ -35,7 +35,8 @@ import tensorflow as tf
 from golden_data import REPO
 from simclr_tf2 import run as run_command
 
-# One xdist worker runs this module: its module-scoped runs are then built once.
+# One xdist worker runs this module, so its session-scoped runs are built once (module-scoped
+# ones were built again when the worker's test order left the module and came back).
 pytestmark = pytest.mark.xdist_group('test_multiworker_command')
 
 TIMEOUT = 600  # seconds for any one process (generous: the 2 CPUs are shared)
@@ -193,7 +194,7 @@ def event_file_pids(model_dir):
   return {int(path.name.split('.')[-3]) for path in model_dir.glob('events.out.tfevents.*')}
 
 
-@pytest.fixture(scope='module')
+@pytest.fixture(scope='session')
 def mirrored_run(tmp_path_factory):
   """model_dir of the one-process two-replica reference run (ckpt-2, ckpt-4)."""
   root = tmp_path_factory.mktemp('mirrored')

@@ -30,7 +30,8 @@ from simclr_tf2.config import Config
 from simclr_tf2.data import get_source
 from simclr_tf2.training.task import SimCLRTask
 
-# One xdist worker runs this module: its module-scoped runs are then built once.
+# One xdist worker runs this module, so its session-scoped runs are built once (module-scoped
+# ones were built again when the worker's test order left the module and came back).
 pytestmark = pytest.mark.xdist_group('test_run')
 
 VALUE = '/.ATTRIBUTES/VARIABLE_VALUE'
@@ -115,7 +116,7 @@ FINETUNE_ARGS = ['--train_mode=finetune', '--fine_tune_after_block=4',
                  f'--train_steps={FINETUNE_STEPS}']
 
 
-@pytest.fixture(scope='module')
+@pytest.fixture(scope='session')
 def pretrain_run(tmp_path_factory):
   model_dir = str(tmp_path_factory.mktemp('pretrain'))
   code, out, err = run_main(TINY + ['--mode=train_then_eval', '--train_mode=pretrain',
@@ -123,7 +124,7 @@ def pretrain_run(tmp_path_factory):
   return model_dir, code, out, err
 
 
-@pytest.fixture(scope='module')
+@pytest.fixture(scope='session')
 def finetune_run(pretrain_run, tmp_path_factory):
   pretrain_dir = pretrain_run[0]
   model_dir = str(tmp_path_factory.mktemp('finetune'))
@@ -329,7 +330,7 @@ def _plausible_value(key, shape, rng):
   return rng.normal(0., 0.1, shape)
 
 
-@pytest.fixture(scope='module')
+@pytest.fixture(scope='session')
 def golden_checkpoint(tmp_path_factory):
   """A checkpoint in the official layout (golden r18_cifar_pretrain_lars keys, random values)."""
   tree, values = golden_model_tree(read_keys('r18_cifar_pretrain_lars'), np.random.default_rng(0),

@@ -35,7 +35,8 @@ from simclr_tf2.network.checkpoint import object_keys  # noqa: E402
 from simclr_tf2.network.model import build_model  # noqa: E402
 from simclr_tf2.training.distill import load_teacher  # noqa: E402
 
-# One xdist worker runs this module: its module-scoped runs are then built once.
+# One xdist worker runs this module, so its session-scoped runs are built once (module-scoped
+# ones were built again when the worker's test order left the module and came back).
 pytestmark = pytest.mark.xdist_group('test_saved_model_sources')
 
 VALUE = '/.ATTRIBUTES/VARIABLE_VALUE'
@@ -422,7 +423,7 @@ def _assert_converted_logits(capsys, tmp_path, source_flag, x, expected, scale):
   np.testing.assert_allclose(converted, expected, rtol=0, atol=1e-4 * scale)
 
 
-@pytest.fixture(scope='module')
+@pytest.fixture(scope='session')
 def selector_run(tmp_path_factory):
   """A run fine-tuned from the first projection layer (the SimCLRv2 1%/10% setting): its head
   has the encoder's width, like a head on the encoder itself."""
