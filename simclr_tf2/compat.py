@@ -33,7 +33,6 @@ def mean_count(metric) -> float:
   return float(metric.count.numpy())
 
 
-
 def create_optimizer_variables(optimizer, variables, with_gradients) -> None:
   """Creates an optimizer's slots now, as its first `apply_gradients` over `variables` would
   when only `with_gradients` (a sub-list) get a gradient: the legacy Keras optimizers drop the
@@ -41,12 +40,8 @@ def create_optimizer_variables(optimizer, variables, with_gradients) -> None:
   step instead, they make `tf.function` trace that step a second time (a function that created
   variables is retraced without variable creation), doubling the start-up cost of every run.
   The legacy optimizers have no public method for this."""
-  if isinstance(optimizer, _legacy_optimizer_class()):
+  import tf_keras  # pylint: disable=import-outside-toplevel  (this module imports no TF at load)
+  if isinstance(optimizer, tf_keras.optimizers.legacy.Optimizer):
     optimizer._create_all_weights(with_gradients)  # pylint: disable=protected-access
   else:
     optimizer.build(variables)
-
-
-def _legacy_optimizer_class():
-  import tf_keras  # pylint: disable=import-outside-toplevel
-  return tf_keras.optimizers.legacy.Optimizer

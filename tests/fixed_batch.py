@@ -7,7 +7,7 @@ DIGITS_TRAIN_EXAMPLES = 1437  # the schedule's epoch length (digits' training sp
 
 
 def train_on_fixed_batch(task, images, labels, steps=1, build_optimizer=True):
-  """Builds the task's optimizer (unless it is built), then runs `steps` train_steps on
+  """Builds the task's optimizer (build_optimizer=False: the caller did), then runs `steps` train_steps on
   (images, labels) as the global batch under the task's strategy; returns (train metrics,
   model weights)."""
   strategy = task.strategy
