@@ -37,8 +37,9 @@ setup(
         'torch': ['torch>=2.1', 'safetensors>=0.4'],
         # The plot tests need matplotlib; the export tests load exports with hub.KerasLayer
         # (tensorflow_hub imports pkg_resources, which setuptools 81 removed); pytest-xdist runs
-        # the suite in two processes (-n 2).
-        'test': ['pytest>=7', 'pytest-xdist>=3', 'matplotlib>=3.5', 'tensorflow-hub>=0.16',
+        # the suite in two processes (-n 2); pytest 9.2 silently breaks its xdist_group
+        # (pytest-xdist#1386: the group is written into a node id field pytest 9.2 no longer reads).
+        'test': ['pytest>=7,<9.2', 'pytest-xdist>=3', 'matplotlib>=3.5', 'tensorflow-hub>=0.16',
                  'setuptools<81'],
         'plots': ['matplotlib>=3.5'],  # PNG t-SNE / PCA / thumbnail maps of embeddings
     },

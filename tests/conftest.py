@@ -3,11 +3,13 @@
 import os
 import pathlib
 import sys
+from importlib import metadata
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 os.environ.setdefault('TF_USE_LEGACY_KERAS', '1')
 
 import pytest  # noqa: E402
+from packaging.version import Version  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 # Split the CPU into two logical devices before TF initialises, so MirroredStrategy tests can run
@@ -24,6 +26,19 @@ from golden_data import GOLDEN_DIR  # noqa: E402
 from image_folders import write_image_folder  # noqa: E402
 
 TWO_CPUS = ['/cpu:0', '/cpu:1']
+
+
+def pytest_configure(config):
+  """Refuses --dist loadgroup where it silently ignores the xdist_group marks (pytest 9.2 with
+  pytest-xdist <= 3.8, pytest-xdist#1386): every group's session-scoped runs would then be built
+  once per worker, unnoticed."""
+  if config.pluginmanager.hasplugin('xdist') and config.getoption('numprocesses') and (
+      config.getoption('dist') == 'loadgroup') and (
+      Version(pytest.__version__) >= Version('9.2')
+      and Version(metadata.version('pytest-xdist')) <= Version('3.8.0')):
+    raise pytest.UsageError(f'pytest {pytest.__version__} makes pytest-xdist '
+                            f'{metadata.version("pytest-xdist")} ignore xdist_group '
+                            "(pytest-xdist#1386): install the test extra's pytest<9.2")
 
 
 @pytest.fixture(scope='session', autouse=True)
