@@ -1,14 +1,18 @@
 """Several processes through the user's command, `python -m simclr_tf2.run`, over loopback.
 
-* The loopback cluster of docs/distributed.md, its ```bash block run by bash as written (free
-  ports and a temporary model_dir aside): two workers (TF_CONFIG) train what one
-  MirroredStrategy process over two logical CPUs trains with the same flags: the chief's
-  checkpoints equal the one-process run's within 1e-6, and only the chief writes into model_dir.
+Every run trains with the flags of the loopback cluster of docs/distributed.md, and every
+checkpoint is compared with the one-process reference: MirroredStrategy over two logical CPUs
+with the same flags (1e-6; bit for bit for that process killed and resumed).
+
 * `kill -9` of a worker: the other stops within LOST_WORKER_SECONDS with one `error:` line
   naming it; starting both again resumes from the last checkpoint and ends with the
-  uninterrupted run's weights.
-* Workers are started by TF_CONFIG or as the tasks of a faked SLURM job step on localhost
-  (SlurmClusterResolver): the chief is killed in the first case, the other worker in the second.
+  uninterrupted run's weights. Workers are started by TF_CONFIG (the chief is killed; the
+  restart is the ```bash block of docs/distributed.md run by bash as written, free ports and
+  the model_dir aside, so the page's commands are what resumes) or as the tasks of a faked SLURM
+  job step on localhost (SlurmClusterResolver; the other worker is killed). Only the chief
+  writes into model_dir.
+* `kill -9` of the one-process run right after a checkpoint: started again, it resumes and ends
+  bit-identical to the uninterrupted run.
 * Mistakes are one-line errors before anything is written: a malformed TF_CONFIG, a task index
   out of range, a busy port, --use_tpu with TF_CONFIG, workers with different flags, no TPU.
 
@@ -16,7 +20,6 @@ The one-process reference lays its input out as the workers do: a seeded run's d
 function of (seed, input pipeline), and a worker with one replica is one pipeline, so the
 reference's MirroredStrategy builds one pipeline per replica (InputReplicationMode.PER_REPLICA).
 """
-
 import json
 import os
 import pathlib
@@ -63,6 +66,8 @@ FLAGS = [flag for flag in shlex.split(re.search(r"^FLAGS='(.*)'$", loopback_bloc
 COMMAND = [sys.executable, '-m', 'simclr_tf2.run']
 # One process, MirroredStrategy over two logical CPUs, one input pipeline per replica.
 MIRRORED = '''
+import os
+import signal
 import sys
 import tensorflow as tf
 cpu = tf.config.list_physical_devices('CPU')[0]
@@ -75,6 +80,20 @@ class PipelinePerReplica(tf.distribute.MirroredStrategy):
         tf.distribute.InputOptions(
             experimental_replication_mode=tf.distribute.InputReplicationMode.PER_REPLICA))
 
+
+kill_at = int(os.environ.get('KILL_AFTER_CHECKPOINT', '0'))
+if kill_at:  # SIGKILL right after the command saved ckpt-<kill_at>: no clean-up can run
+  from simclr_tf2.training import trainer
+  from simclr_tf2.training.callbacks import Callback
+
+  class KillAfterCheckpoint(Callback):
+    def on_block_end(self, _, step, logs):
+      if step == kill_at:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+  command_callbacks = trainer.default_callbacks  # the command's, then the kill
+  trainer.default_callbacks = lambda *args, **kwargs: (
+      command_callbacks(*args, **kwargs) + [KillAfterCheckpoint()])
 
 from simclr_tf2.run import run_in_process
 sys.exit(run_in_process(['simclr-tf2'] + sys.argv[1:],
@@ -226,35 +245,6 @@ def assert_only_the_chief_wrote(model_dir, chief_pids, scratch_dirs):
             or 'ckpt' in path.name] == []
 
 
-@pytest.mark.slow
-def test_the_documented_loopback_cluster_trains_like_one_mirrored_process(tmp_path,
-                                                                          mirrored_run):
-  script = loopback_block()
-  for documented, free in zip(DOC_PORTS, free_ports(2)):
-    script = script.replace(documented, str(free))
-  model_dir = tmp_path / 'model'  # the same path for both: on one machine, it is shared
-  script = script.replace(DOC_MODEL_DIR, str(model_dir))
-  scratch = tmp_path / 'tmp'  # the workers' TMPDIR: the non-chief's scratch saves, then deleted
-  scratch.mkdir()
-  bin_dir = os.path.dirname(sys.executable)  # `python` in the block: this interpreter
-  env = {key: value for key, value in os.environ.items()
-         if key != 'TF_CONFIG' and not key.startswith('SLURM_')}
-  env.update(CLEAN_ENV, PATH=f'{bin_dir}{os.pathsep}{env.get("PATH", "")}', TMPDIR=str(scratch))
-  result = subprocess.run(['bash', '-e', '-c', script], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=TIMEOUT, check=False)
-  worker1 = (tmp_path / 'worker1.log').read_text(errors='replace')
-  assert result.returncode == 0, (result.stderr[-3000:], worker1[-3000:])
-  assert '2 replicas (MultiWorkerMirroredStrategy, worker 0 of 2): CPU:0' in (
-      result.stdout + result.stderr)
-  assert '2 replicas (MultiWorkerMirroredStrategy, worker 1 of 2): CPU:0' in worker1
-  assert 'done in' in worker1 and 'error' not in worker1, worker1[-3000:]
-  assert_same_checkpoint(model_dir / 'ckpt-2', mirrored_run / 'ckpt-2')
-  assert_same_checkpoint(model_dir / 'ckpt-4', mirrored_run / 'ckpt-4')
-  chief_pids = event_file_pids(model_dir)
-  assert len(chief_pids) == 1
-  assert_only_the_chief_wrote(model_dir, chief_pids, [scratch])
-
-
 def wait_for_checkpoint(model_dir, step, workers, processes):
   """Polls until model_dir's state file names ckpt-<step>; fails if a worker exits first."""
   state = model_dir / 'checkpoint'
@@ -290,17 +280,13 @@ def tf_config_cluster(workers):
   return ([{'TF_CONFIG': json.dumps(c)} for c in configs], configs[0]['cluster']['worker'])
 
 
-# Killing the chief of a TF_CONFIG cluster and the non-chief of a SLURM job step: both ways
-# of starting workers train, stop and resume through the command.
-@pytest.mark.slow
-@pytest.mark.parametrize('killed,cluster', [(0, tf_config_cluster), (1, slurm_step)],
-                         ids=['chief_killed_tf_config', 'worker_killed_slurm'])
-def test_a_killed_worker_stops_the_other_and_both_resume(tmp_path, processes, mirrored_run,
-                                                         killed, cluster):
-  model_dir = tmp_path / 'model'
-  argv = COMMAND + FLAGS + [f'--model_dir={model_dir}']
+def kill_a_worker_after_ckpt_2(processes, tmp_path, model_dir, cluster, killed, mirrored_run):
+  """Starts two workers of `cluster` (tf_config_cluster or slurm_step), kills worker `killed`
+  once the chief has saved ckpt-2 (the reference's), and checks that the other stops within
+  LOST_WORKER_SECONDS with one line naming the lost worker. Returns the two processes."""
   envs, addresses = cluster(2)
-  first = processes.workers('first', argv, envs, [tmp_path / f'tmp{index}' for index in range(2)])
+  first = processes.workers('first', COMMAND + FLAGS + [f'--model_dir={model_dir}'], envs,
+                            [tmp_path / f'tmp{index}' for index in range(2)])
   wait_for_checkpoint(model_dir, 2, first, processes)
   os.kill(first[killed].pid, signal.SIGKILL)
   assert_same_checkpoint(model_dir / 'ckpt-2', mirrored_run / 'ckpt-2')
@@ -308,8 +294,8 @@ def test_a_killed_worker_stops_the_other_and_both_resume(tmp_path, processes, mi
   first[killed].wait(timeout=TIMEOUT)  # reaped, as a shell would: a zombie still holds its pid
   survivor = first[1 - killed]
   code = processes.wait(survivor, timeout=LOST_WORKER_SECONDS)
-  seconds = time.monotonic() - killed_at
-  print(f'worker {1 - killed} stopped {seconds:.1f} s after worker {killed} was killed')
+  print(f'worker {1 - killed} stopped {time.monotonic() - killed_at:.1f} s after worker '
+        f'{killed} was killed')
   log = processes.log(survivor)
   assert code == 1, log[-3000:]
   assert error_lines(log) == [line for line in error_lines(log)
@@ -317,19 +303,77 @@ def test_a_killed_worker_stops_the_other_and_both_resume(tmp_path, processes, mi
                                                  f'({addresses[killed]}): ')]
   assert len(error_lines(log)) == 1 and 'Traceback' not in log, log[-3000:]
   assert not (model_dir / 'ckpt-4.index').exists()
+  return first
 
-  # Both again, on new ports: they resume from ckpt-2 and end with the uninterrupted weights.
+
+def assert_resumed_to_the_reference(model_dir, reference, tolerance=TOLERANCE):
+  assert_same_checkpoint(model_dir / 'ckpt-4', reference / 'ckpt-4', tolerance)
+  assert not (model_dir / 'writer.lock').exists()
+
+
+@pytest.mark.slow
+def test_the_documented_cluster_resumes_a_run_whose_chief_was_killed(tmp_path, processes,
+                                                                    mirrored_run):
+  model_dir = tmp_path / 'model'  # the same path for all: on one machine, it is shared
+  first = kill_a_worker_after_ckpt_2(processes, tmp_path, model_dir, tf_config_cluster, 0,
+                                     mirrored_run)
+  # The page's lines, as written, on new ports and the killed run's model_dir.
+  script = loopback_block()
+  for documented, free in zip(DOC_PORTS, free_ports(2)):
+    script = script.replace(documented, str(free))
+  script = script.replace(DOC_MODEL_DIR, str(model_dir))
+  scratch = tmp_path / 'again'  # the workers' TMPDIR: the non-chief's scratch saves, then deleted
+  scratch.mkdir()
+  bin_dir = os.path.dirname(sys.executable)  # `python` in the block: this interpreter
+  env = {key: value for key, value in os.environ.items()
+         if key != 'TF_CONFIG' and not key.startswith('SLURM_')}
+  env.update(CLEAN_ENV, PATH=f'{bin_dir}{os.pathsep}{env.get("PATH", "")}', TMPDIR=str(scratch))
+  result = subprocess.run(['bash', '-e', '-c', script], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=TIMEOUT, check=False)
+  worker1 = (tmp_path / 'worker1.log').read_text(errors='replace')
+  assert result.returncode == 0, (result.stderr[-3000:], worker1[-3000:])
+  assert '2 replicas (MultiWorkerMirroredStrategy, worker 0 of 2): CPU:0' in (
+      result.stdout + result.stderr)
+  assert '2 replicas (MultiWorkerMirroredStrategy, worker 1 of 2): CPU:0' in worker1
+  assert 'done in' in worker1 and 'error' not in worker1, worker1[-3000:]
+  assert f'Resumed from {model_dir / "ckpt-2"}' in (model_dir / 'log.txt').read_text()
+  assert_resumed_to_the_reference(model_dir, mirrored_run)
+  chief_pids = event_file_pids(model_dir)  # the killed chief's and the page's chief's
+  assert len(chief_pids) == 2 and first[0].pid in chief_pids, chief_pids
+  assert_only_the_chief_wrote(model_dir, chief_pids, [scratch])
+
+
+@pytest.mark.slow
+def test_a_slurm_step_whose_worker_was_killed_resumes(tmp_path, processes, mirrored_run):
+  model_dir = tmp_path / 'model'
+  first = kill_a_worker_after_ckpt_2(processes, tmp_path, model_dir, slurm_step, 1, mirrored_run)
   scratch = [tmp_path / f'again{index}' for index in range(2)]
-  second = processes.workers('second', argv, cluster(2)[0], scratch)
+  second = processes.workers('second', COMMAND + FLAGS + [f'--model_dir={model_dir}'],
+                             slurm_step(2)[0], scratch)
   processes.wait_ok(*second)
   for rank, worker in enumerate(second):
     assert f'2 replicas (MultiWorkerMirroredStrategy, worker {rank} of 2)' in (
         processes.log(worker))
   assert f'Resumed from {model_dir / "ckpt-2"}' in (model_dir / 'log.txt').read_text()
-  assert_same_checkpoint(model_dir / 'ckpt-4', mirrored_run / 'ckpt-4')
-  assert not (model_dir / 'writer.lock').exists()
-  if killed == 1:  # the surviving chief tidied up; the restarted non-chief wrote nothing
-    assert_only_the_chief_wrote(model_dir, [first[0].pid, second[0].pid], scratch)
+  assert_resumed_to_the_reference(model_dir, mirrored_run)
+  # The surviving chief tidied up; the restarted non-chief wrote nothing.
+  assert_only_the_chief_wrote(model_dir, [first[0].pid, second[0].pid], scratch)
+
+
+@pytest.mark.slow
+def test_a_killed_mirrored_process_resumes_bit_identical(tmp_path, processes, mirrored_run):
+  # The reference's process, two replicas: killed right after ckpt-2, then started again.
+  model_dir = tmp_path / 'model'
+  argv = [sys.executable, '-c', MIRRORED, *FLAGS, f'--model_dir={model_dir}']
+  killed = processes.start('killed', argv, {'KILL_AFTER_CHECKPOINT': '2'})
+  assert processes.wait(killed) == -signal.SIGKILL, processes.log(killed)[-3000:]
+  assert (model_dir / 'writer.lock').exists()  # left by the killed run
+  assert not (model_dir / 'ckpt-4.index').exists()
+  resumed = processes.start('resumed', argv)
+  processes.wait_ok(resumed)
+  log = processes.log(resumed)  # it trained steps 3 and 4 only
+  assert 'step 4/4' in log and 'step 2/4' not in log, log[-3000:]
+  assert_resumed_to_the_reference(model_dir, mirrored_run, tolerance=0)
 
 
 def test_workers_with_different_flags_stop_with_one_line_each(tmp_path, processes):
