@@ -12,12 +12,12 @@ import pytest  # noqa: E402
 from packaging.version import Version  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-# Split the CPU into two logical devices before TF initialises, so MirroredStrategy tests can run
-# sync BN and cross-replica losses without accelerators.
 # One thread per op and one op at a time: the pytest-xdist processes share the CPUs, and the
 # tiny test models gain nothing from more threads than their process's share.
 tf.config.threading.set_intra_op_parallelism_threads(1)
 tf.config.threading.set_inter_op_parallelism_threads(1)
+# Split the CPU into two logical devices before TF initialises, so MirroredStrategy tests can run
+# sync BN and cross-replica losses without accelerators.
 _cpus = tf.config.list_physical_devices('CPU')
 tf.config.set_logical_device_configuration(
     _cpus[0], [tf.config.LogicalDeviceConfiguration()] * 2)

@@ -20,6 +20,7 @@ The one-process reference lays its input out as the workers do: a seeded run's d
 function of (seed, input pipeline), and a worker with one replica is one pipeline, so the
 reference's MirroredStrategy builds one pipeline per replica (InputReplicationMode.PER_REPLICA).
 """
+
 import json
 import os
 import pathlib
