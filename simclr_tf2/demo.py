@@ -136,7 +136,9 @@ def run_semi_supervised_demo(model_dir=DEFAULT_MODEL_DIR, pretrain_epochs=None,
   strategy = strategy or build_strategy(pretrain)
   progress_bar = console.is_quiet()
   rows = {}
-  titles = (('(a) supervised, 10% labels', scratch), ('pretrain (all images)', pretrain),
+  # The pretrained encoder is read from its checkpoint; it is not exported (no table row).
+  titles = (('(a) supervised, 10% labels', scratch),
+            ('pretrain (all images)', pretrain.replace(export_saved_model=False)),
             ('(b) pretrain + fine-tune 10%', finetuned),
             ('(c) (b) distilled, no labels', distilled))
   for title, config in titles:
