@@ -103,6 +103,15 @@ sys.exit(run_in_process(['simclr-tf2'] + sys.argv[1:],
 CLEAN_ENV = {'TF_CPP_MIN_LOG_LEVEL': '2', 'TF_USE_LEGACY_KERAS': '1'}
 
 
+def command_environ(**extra):
+  """This process' environment without its own cluster (TF_CONFIG, SLURM_*), quiet, plus
+  `extra`: what every started command runs with."""
+  environ = {key: value for key, value in os.environ.items()
+             if key != 'TF_CONFIG' and not key.startswith('SLURM_')}
+  environ.update(CLEAN_ENV, **extra)
+  return environ
+
+
 def free_ports(count):
   sockets = [socket.socket() for _ in range(count)]
   try:
@@ -149,9 +158,7 @@ class Processes:
     self.running = []
 
   def start(self, name, argv, env=None, tmpdir=None):
-    environ = {key: value for key, value in os.environ.items()
-               if key != 'TF_CONFIG' and not key.startswith('SLURM_')}
-    environ.update(CLEAN_ENV, **(env or {}))
+    environ = command_environ(**(env or {}))
     if tmpdir is not None:  # where a non-chief's scratch directories go
       tmpdir.mkdir(parents=True, exist_ok=True)
       environ['TMPDIR'] = str(tmpdir)
@@ -330,9 +337,8 @@ def test_the_documented_cluster_resumes_a_run_whose_chief_was_killed(tmp_path, p
   scratch = tmp_path / 'again'  # the workers' TMPDIR: the non-chief's scratch saves, then deleted
   scratch.mkdir()
   bin_dir = os.path.dirname(sys.executable)  # `python` in the block: this interpreter
-  env = {key: value for key, value in os.environ.items()
-         if key != 'TF_CONFIG' and not key.startswith('SLURM_')}
-  env.update(CLEAN_ENV, PATH=f'{bin_dir}{os.pathsep}{env.get("PATH", "")}', TMPDIR=str(scratch))
+  env = command_environ(PATH=f'{bin_dir}{os.pathsep}{os.environ.get("PATH", "")}',
+                        TMPDIR=str(scratch))
   result = subprocess.run(['bash', '-e', '-c', script], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=TIMEOUT, check=False)
   worker1 = (tmp_path / 'worker1.log').read_text(errors='replace')
@@ -446,7 +452,7 @@ def test_no_tpu_is_one_line_naming_where_the_command_looked(tmp_path):
       COMMAND + ['--dataset=digits', '--use_tpu=true', '--tpu_name=no-such-tpu-here',
                  f'--model_dir={tmp_path / "model"}'],
       capture_output=True, text=True, timeout=TIMEOUT, check=False,
-      env={**{k: v for k, v in os.environ.items() if k != 'TF_CONFIG'}, **CLEAN_ENV})
+      env=command_environ())
   assert result.returncode == 1
   lines = result.stderr.splitlines()
   assert len(lines) == 1 and lines[0].startswith(
