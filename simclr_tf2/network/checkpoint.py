@@ -264,6 +264,10 @@ def restore_training_state(checkpoint: tf.train.Checkpoint, model, prefix: str,
   with reading(prefix):
     status = checkpoint.restore(prefix)
   status.assert_existing_objects_matched()
+  # Every value of this run is in the file (asserted above); values only the file has, the loss
+  # scale of a mixed_float16 run resumed in float32 (logged as a changed setting), are dropped
+  # without TensorFlow's deferred 'unrestored values' warnings.
+  status.expect_partial()
   return status
 
 
