@@ -19,7 +19,7 @@ def test_pretraining_with_blur_end_to_end(tmp_path):
                   seed=0, model_dir=str(tmp_path / 'run'))
   recorder = RecordLogs()
   result = run(config, strategy=tf.distribute.get_strategy(),
-               callbacks=default_callbacks(config) + [recorder])
+               callbacks=default_callbacks(config) + [recorder], export=False)
   assert result.checkpoint.endswith('ckpt-2') and tf.io.gfile.exists(result.checkpoint + '.index')
   assert [step for step, _ in recorder.logs] == [1, 2]
   for _, logs in recorder.logs:

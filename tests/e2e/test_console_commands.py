@@ -62,7 +62,7 @@ def test_training_console_is_header_progress_summary_and_the_log_file_has_the_re
 
 @pytest.mark.slow
 def test_training_verbosity_1_shows_the_full_logs(tmp_path):
-  code, lines = _run_training(tmp_path / 'run', '-v', '1')
+  code, lines = _run_training(tmp_path / 'run', '-v', '1', '--export_saved_model=false')
   assert code == 0, '\n'.join(lines)
   assert _noise(lines) and any('step 4/4' in line for line in lines)
   assert (tmp_path / 'run' / 'log.txt').exists()

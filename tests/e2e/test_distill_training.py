@@ -199,8 +199,9 @@ def test_distillation_trains_at_reduced_precision(teacher_run, tmp_path, precisi
 @pytest.mark.slow
 def test_semi_supervised_demo_runs_the_three_stages(tmp_path, capsys):
   from simclr_tf2.demo import run_semi_supervised_demo  # pylint: disable=import-outside-toplevel
-  rows = run_semi_supervised_demo(str(tmp_path), pretrain_epochs=1, finetune_steps=2,
-                                  distill_epochs=1, strategy=tf.distribute.get_strategy())
+  # 0 epochs is one step (steps = examples * epochs // batch + 1, like the reference).
+  rows = run_semi_supervised_demo(str(tmp_path), pretrain_epochs=0, finetune_steps=1,
+                                  distill_epochs=0, strategy=tf.distribute.get_strategy())
   assert list(rows) == ['(a) supervised, 10% labels', '(b) pretrain + fine-tune 10%',
                         '(c) (b) distilled, no labels']
   for row in rows.values():

@@ -347,7 +347,8 @@ def test_finetune_from_official_layout_checkpoint(golden_checkpoint, tmp_path, f
   model_dir = str(tmp_path / 'ft')
   code, _, err = run_main(TINY + ['--mode=train', '--train_mode=finetune',
                                   '--fine_tune_after_block=4', '--train_steps=2',
-                                  f'--checkpoint={path}', f'--model_dir={model_dir}'])
+                                  '--export_saved_model=false', f'--checkpoint={path}',
+                                  f'--model_dir={model_dir}'])
   assert code == 0, err
   assert checkpoint_steps(model_dir) == [2]
   trained = tf.train.load_checkpoint(os.path.join(model_dir, 'ckpt-2'))

@@ -431,7 +431,7 @@ def selector_run(tmp_path_factory):
   model_dir = str(tmp_path_factory.mktemp('selector') / 'ft1')
   code, _, err = run_main(TINY + ['--mode=train', '--train_mode=finetune', '--resnet_depth=18',
                                   '--ft_proj_selector=1', '--train_steps=2',
-                                  f'--model_dir={model_dir}'])
+                                  '--export_saved_model=false', f'--model_dir={model_dir}'])
   assert code == 0, err
   return model_dir
 
