@@ -95,13 +95,12 @@ def selector_from_outputs(path: str, config: Config, num_classes: int,
     return None
   expected = expected['logits_sup'].numpy()
   tolerance = 1e-4 * max(1., float(np.max(np.abs(expected))))
-  fits = []
-  for candidate in candidates:
-    model = build_model(num_classes, config.replace(ft_proj_selector=candidate)).create_variables()
-    restore_for_evaluation(model, path)
-    logits = model.call_with_endpoints(images, training=False)['logits_sup'].numpy()
-    if float(np.max(np.abs(logits - expected))) <= tolerance:
-      fits.append(candidate)
+  # One model: the candidates differ only in which projection layer feeds the supervised head.
+  model = build_model(num_classes, config.replace(ft_proj_selector=candidates[0]))
+  restore_for_evaluation(model.create_variables(), path)
+  fits = [candidate for candidate, logits in
+          model.logits_by_ft_proj_selector(images, candidates).items()
+          if float(np.max(np.abs(logits.numpy() - expected))) <= tolerance]
   if len(fits) == 1:
     logging.info('%s: ft_proj_selector=%d reproduces its logits_sup', path, fits[0])
     return fits[0]

@@ -81,6 +81,15 @@ class ProjectionHead(keras.layers.Layer):
       raise ValueError(f'unknown proj_head_mode {proj_head_mode!r}')
 
   def call(self, inputs, training, endpoints=None):
+    hiddens = self.hiddens(inputs, training)
+    projection = tf.identity(hiddens[-1], name='proj_head_output')
+    if endpoints is not None:
+      endpoints['proj_head_input'] = hiddens[0]
+      endpoints['proj_head_output'] = projection
+    return projection, hiddens[self.ft_proj_selector]
+
+  def hiddens(self, inputs, training):
+    """[input, layer_1 output, ..., layer_K output]: what ft_proj_selector picks from."""
     hiddens = [tf.identity(inputs, name='proj_head_input')]
     for j, layer in enumerate(self.linear_layers):
       outputs = layer(hiddens[-1], training=frozen_training(
@@ -88,11 +97,7 @@ class ProjectionHead(keras.layers.Layer):
       if self.proj_head_mode == 'nonlinear' and j != len(self.linear_layers) - 1:
         outputs = tf.nn.relu(outputs)
       hiddens.append(outputs)
-    projection = tf.identity(hiddens[-1], name='proj_head_output')
-    if endpoints is not None:
-      endpoints['proj_head_input'] = hiddens[0]
-      endpoints['proj_head_output'] = projection
-    return projection, hiddens[self.ft_proj_selector]
+    return hiddens
 
 
 class SupervisedHead(keras.layers.Layer):

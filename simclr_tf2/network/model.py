@@ -136,6 +136,15 @@ class SimCLRModel(keras.Model):
     return {name: tf.cast(endpoints[name], tf.float32) for name in ENDPOINT_NAMES
             if name in endpoints}
 
+  def logits_by_ft_proj_selector(self, images, selectors) -> Dict[int, tf.Tensor]:
+    """{selector: the supervised head's logits (float32) on that projection-head layer's
+    output}, i.e. what `logits_sup` would be with each `ft_proj_selector`, in inference mode
+    from one pass of the encoder (the head's width must fit each selector's layer)."""
+    hiddens = self._projection_head.hiddens(self.resnet_model(images, training=False),
+                                            training=False)
+    return {selector: tf.cast(self.supervised_head(hiddens[selector], training=False), tf.float32)
+            for selector in selectors}
+
   def create_variables(self):
     """Creates every variable with one inference pass on a dummy batch.
 

@@ -185,6 +185,23 @@ def test_unused_projection_layers_are_frozen_in_finetune():
   assert trainable == {'nl_0', 'nl_1'}
 
 
+def test_logits_by_ft_proj_selector_are_each_selectors_logits_sup():
+  """One encoder pass gives what a model built with each ft_proj_selector returns as logits_sup
+  (how a SavedModel's selector is decided without building a model per candidate)."""
+  images = tf.random.uniform([2, 8, 8, 3], seed=7)
+  models = [build_model(10, resnet_depth=18, image_size=8, train_mode='finetune',
+                        ft_proj_selector=selector).create_variables() for selector in (0, 1, 2)]
+  source = object_keys(model=models[0])
+  for model in models[1:]:  # the same weights, matched by checkpoint key
+    for key, variable in object_keys(model=model).items():
+      variable.assign(source[key])
+  by_selector = models[0].logits_by_ft_proj_selector(images, [0, 1, 2])
+  outputs = [model.call_with_endpoints(images)['logits_sup'].numpy() for model in models]
+  assert not np.allclose(outputs[0], outputs[1]) and not np.allclose(outputs[1], outputs[2])
+  for selector, expected in enumerate(outputs):
+    np.testing.assert_array_equal(by_selector[selector].numpy(), expected)
+
+
 def test_projection_head_linear_mode_works():
   """K3: the reference's linear head returns None and the model crashes."""
   model = build_model(10, resnet_depth=18, image_size=32, proj_head_mode='linear',
