@@ -19,7 +19,6 @@ import os
 import re
 import shutil
 import socket
-import tempfile
 from typing import Iterator, List, Mapping, Optional, Tuple
 
 import numpy as np
@@ -27,6 +26,7 @@ import tensorflow as tf
 
 from simclr_tf2.config import Config
 from simclr_tf2.errors import ClusterError, TrainingError, one_line
+from simclr_tf2.model_dir import make_worker_scratch_dir
 
 MAX_SLURM_TASKS_PER_NODE = 1024  # on CPU nodes (see slurm_cluster_resolver)
 SLURM_PORT_BASE = 8888  # SlurmClusterResolver's first port on each node, unless srun reserved some
@@ -358,7 +358,7 @@ def scratch_dir(strategy: tf.distribute.Strategy, model_dir: str):
   if is_chief(strategy):
     yield model_dir
     return
-  directory = tempfile.mkdtemp(prefix='simclr_worker_')
+  directory = make_worker_scratch_dir()
   try:
     yield directory
   finally:

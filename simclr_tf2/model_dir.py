@@ -4,6 +4,7 @@
   check_model_dir(model_dir)     is a directory (or can be created) and writable; writes nothing
   prepare_model_dir(model_dir)   check_model_dir, then create it
   remove_stale_temporaries(...)  leftovers of a run killed while saving or exporting
+  make_worker_scratch_dir()      a non-chief worker's save directory; those of dead workers go
   read_checkpoint_state(...)     the `checkpoint` state file, strictly (no silent restart)
 
 Local paths only for the lock and the clean-up (they rely on POSIX rename/link semantics); for
@@ -295,6 +296,38 @@ def remove_stale_temporaries(model_dir: str) -> List[str]:
     logger.warning('Removed %d leftover(s) of an interrupted save or export in %s: %s',
                    len(removed), model_dir, ', '.join(os.path.basename(p) for p in removed))
   return removed
+
+
+# --- a non-chief worker's scratch directory ----------------------------------------------------
+
+WORKER_SCRATCH_PREFIX = 'simclr_worker.'
+
+
+def make_worker_scratch_dir(parent: Optional[str] = None) -> str:
+  """A new directory `simclr_worker.<host>.<pid>.<start ticks>.<random>` in `parent` (default:
+  the temporary directory) for a non-chief worker's saves, which its process deletes on exit.
+
+  A worker killed during a save (`kill -9`) cannot delete its own: the scratch directories of
+  this host's processes that no longer run are removed first.
+  """
+  import shutil  # pylint: disable=import-outside-toplevel
+  import tempfile  # pylint: disable=import-outside-toplevel
+  parent = parent or tempfile.gettempdir()
+  host = socket.gethostname()
+  for name in os.listdir(parent):
+    if not name.startswith(WORKER_SCRATCH_PREFIX):
+      continue
+    try:  # host may contain dots: the three fields after it are read from the right
+      owner, pid, ticks, _ = name[len(WORKER_SCRATCH_PREFIX):].rsplit('.', 3)
+      pid, ticks = int(pid), None if ticks == 'x' else int(ticks)
+    except ValueError:
+      continue
+    if owner == host and not _pid_alive(pid, ticks):
+      shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
+      logger.info('Removed the scratch directory %s of a worker that no longer runs.', name)
+  ticks = _process_start_ticks(os.getpid())
+  return tempfile.mkdtemp(dir=parent, prefix=f'{WORKER_SCRATCH_PREFIX}{host}.{os.getpid()}.'
+                          f'{"x" if ticks is None else ticks}.')
 
 
 # --- the checkpoint state file ---------------------------------------------------------------

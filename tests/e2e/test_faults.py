@@ -204,6 +204,29 @@ def test_disk_full_while_saving_is_a_one_line_error_and_keeps_what_was_saved(tin
 
 # --- 8. leftovers of a kill during a save or an export --------------------------------------------
 
+def dead_pid():
+  process = subprocess.Popen([sys.executable, '-c', 'pass'])
+  process.wait()
+  return process.pid
+
+
+def test_scratch_directories_of_dead_workers_are_removed_when_a_worker_starts_one(tmp_path):
+  """A non-chief worker killed during a save leaves its scratch directory; the next one made in
+  that folder removes it, and nothing of a live process, another host or anybody else."""
+  host, prefix = socket.gethostname(), md.WORKER_SCRATCH_PREFIX
+  dead = tmp_path / f'{prefix}{host}.{dead_pid()}.x.a_b1'
+  kept = [tmp_path / f'{prefix}{host}.{os.getpid()}.x.c2',  # alive (this process)
+          tmp_path / f'{prefix}other.host.{dead_pid()}.x.d3',  # another host's
+          tmp_path / f'{prefix}garbled', tmp_path / 'simclr_worker_e4']  # not ours to judge
+  for directory in [dead, *kept]:
+    (directory / 'ckpt-2_temp').mkdir(parents=True)
+  made = md.make_worker_scratch_dir(str(tmp_path))
+  assert sorted(os.listdir(tmp_path)) == sorted([os.path.basename(made)] +
+                                                [path.name for path in kept])
+  assert os.path.basename(made).startswith(f'{prefix}{host}.{os.getpid()}.')
+  assert md.make_worker_scratch_dir(str(tmp_path)) != made  # this process' own are kept
+
+
 def test_stale_temporaries_are_removed_and_nothing_else(tmp_path):
   prefix = _small_checkpoint(tmp_path, [np.arange(4, dtype=np.float32)], 'ckpt-10')
   (tmp_path / 'checkpoint').write_text('model_checkpoint_path: "ckpt-10"\n')

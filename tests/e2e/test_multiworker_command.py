@@ -39,6 +39,7 @@ import tensorflow as tf
 
 from golden_data import REPO
 from simclr_tf2 import run as run_command
+from simclr_tf2.model_dir import WORKER_SCRATCH_PREFIX
 
 # One xdist worker runs this module, so its session-scoped runs are built once (module-scoped
 # ones were built again when the worker's test order left the module and came back).
@@ -238,8 +239,8 @@ def assert_only_the_chief_wrote(model_dir, chief_pids, scratch_dirs, finished=Tr
   if finished:
     assert [path.name for path in (model_dir / 'saved_model').iterdir()] == ['4']
   for scratch in scratch_dirs:  # the non-chief's TMPDIR: its scratch saves, then deleted
-    assert [path.name for path in scratch.rglob('*') if path.name.startswith('simclr_worker_')
-            or 'ckpt' in path.name] == []
+    assert [path.name for path in scratch.rglob('*') if path.name.startswith(
+        WORKER_SCRATCH_PREFIX) or 'ckpt' in path.name] == []
 
 
 def wait_for_checkpoint(model_dir, step, workers, processes):
@@ -320,7 +321,10 @@ def test_the_documented_cluster_resumes_a_run_whose_chief_was_killed(tmp_path, p
     script = script.replace(documented, str(free))
   script = script.replace(DOC_MODEL_DIR, str(model_dir))
   scratch = tmp_path / 'again'  # the workers' TMPDIR: the non-chief's scratch saves, then deleted
-  scratch.mkdir()
+  # A save of a non-chief killed earlier (here: the killed process' pid): the restarted non-chief
+  # removes it when it makes its own scratch directory (checked with the chief's files below).
+  (scratch / f'{WORKER_SCRATCH_PREFIX}{socket.gethostname()}.{first[0].pid}.x.left' /
+   'ckpt-2_temp').mkdir(parents=True)
   bin_dir = os.path.dirname(sys.executable)  # `python` in the block: this interpreter
   env = command_environ(PATH=f'{bin_dir}{os.pathsep}{os.environ.get("PATH", "")}',
                         TMPDIR=str(scratch))
@@ -350,7 +354,8 @@ def test_a_slurm_step_whose_worker_was_killed_stops_its_chief_cleanly(tmp_path, 
     assert f'2 replicas (MultiWorkerMirroredStrategy, worker {rank} of 2)' in (
         processes.log(worker))
   # The surviving chief tidied up (no writer.lock) and kept ckpt-2. The killed worker's TMPDIR is
-  # not checked: SIGKILL may stop it inside a scratch save, which then stays there.
+  # not checked: SIGKILL may stop it inside a scratch save, which stays until the next worker
+  # saves there (the TF_CONFIG test's restart).
   assert_only_the_chief_wrote(model_dir, [first[0].pid], [tmp_path / 'tmp0'], finished=False)
 
 
