@@ -314,7 +314,11 @@ def make_worker_scratch_dir(parent: Optional[str] = None) -> str:
   import tempfile  # pylint: disable=import-outside-toplevel
   parent = parent or tempfile.gettempdir()
   host = socket.gethostname()
-  for name in os.listdir(parent):
+  try:
+    names = os.listdir(parent)
+  except OSError:  # e.g. a TMPDIR one may write into but not list: nothing to tidy, still save
+    names = []
+  for name in names:
     if not name.startswith(WORKER_SCRATCH_PREFIX):
       continue
     try:  # host may contain dots: the three fields after it are read from the right
