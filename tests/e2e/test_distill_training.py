@@ -182,7 +182,9 @@ def test_label_fraction_run_records_its_subset_and_too_small_is_an_error(tmp_pat
   assert not small.exists()
 
 
-@pytest.mark.parametrize('precision', ['mixed_float16', 'mixed_bfloat16'])
+# float16, the path with loss scaling: bfloat16 (no loss scale) shares its casts, and
+# test_precision.py checks both precisions' variables and steps.
+@pytest.mark.parametrize('precision', ['mixed_float16'])
 def test_distillation_trains_at_reduced_precision(teacher_run, tmp_path, precision):
   _, prefix, _ = teacher_run
   model_dir = tmp_path / precision

@@ -464,14 +464,16 @@ def test_export_and_conversion_keep_ft_proj_selector(selector_run, tmp_path, cap
   scale = max(1., float(np.max(np.abs(expected))))
   tolerance = 1e-6 * scale
 
-  for source in (selector_run, os.path.join(selector_run, 'ckpt-2')):
-    export_dir = str(tmp_path / 'export')
-    code, _, err = run_cli(export_cli, capsys, f'--checkpoint={source}',
-                           f'--export_dir={export_dir}')
-    assert code == 0, err
-    exported = tf.saved_model.load(export_dir)(x, trainable=False)['logits_sup'].numpy()
-    np.testing.assert_allclose(exported, expected, rtol=0, atol=tolerance)
-    _assert_converted_logits(capsys, tmp_path, f'--checkpoint={source}', x, expected, scale)
+  # Both tools read the run's config.json beside the checkpoint, given the folder (the export
+  # tool here) or a checkpoint prefix in it (the converter): one shared reader, once each.
+  export_dir = str(tmp_path / 'export')
+  code, _, err = run_cli(export_cli, capsys, f'--checkpoint={selector_run}',
+                         f'--export_dir={export_dir}')
+  assert code == 0, err
+  exported = tf.saved_model.load(export_dir)(x, trainable=False)['logits_sup'].numpy()
+  np.testing.assert_allclose(exported, expected, rtol=0, atol=tolerance)
+  prefix = os.path.join(selector_run, 'ckpt-2')
+  _assert_converted_logits(capsys, tmp_path, f'--checkpoint={prefix}', x, expected, scale)
 
   # Without config.json the flag decides; without the flag the tools say they cannot tell.
   caplog.clear()

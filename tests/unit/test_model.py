@@ -39,9 +39,10 @@ def _endpoint_shapes(model, size):
   return {name: t.shape.as_list() for name, t in endpoints.items()}
 
 
-@pytest.mark.parametrize('depth', [18, 34, 50] + [pytest.param(d, marks=pytest.mark.slow)
-                                                 for d in (101, 152, 200)])
-@pytest.mark.parametrize('size', [32, 64])
+# Both stems (32 px: CIFAR's, 64 px: ImageNet's) on the basic and the first bottleneck depths;
+# the deeper bottleneck networks differ from ResNet-50 in block counts only: one stem each.
+@pytest.mark.parametrize('depth,size', [(d, s) for d in (18, 34, 50) for s in (32, 64)] + [
+    pytest.param(d, s, marks=pytest.mark.slow) for d, s in ((101, 64), (152, 32), (200, 32))])
 def test_endpoint_shapes_every_depth(depth, size):
   model = build_model(10, resnet_depth=depth, image_size=size)
   assert _endpoint_shapes(model, size) == _expected_endpoint_shapes(depth, size)

@@ -10,7 +10,8 @@ import os
 import pytest
 import tensorflow as tf
 
-from simclr_tf2.distribute import build_strategy, slurm_cluster_resolver, strategy_kind
+from simclr_tf2.distribute import (build_strategy, lost_worker_error, slurm_cluster_resolver,
+                                   strategy_kind)
 from simclr_tf2.errors import ClusterError, TrainingError
 from simclr_tf2.config import Config
 
@@ -107,3 +108,41 @@ def test_a_broken_slurm_step_is_one_line(monkeypatch):
   with pytest.raises(ClusterError, match='^cannot read the SLURM job step: ') as error:
     slurm_cluster_resolver()
   assert '\n' not in str(error.value)
+
+
+class TwoWorkerStandIn(tf.distribute.MultiWorkerMirroredStrategy):
+  """What lost_worker_error reads of a two-worker strategy, its cluster resolver, without starting
+  one (a real one waits for its peer). The process test of a killed worker kills the non-chief
+  (tests/e2e/test_multiworker_command.py); the side that loses its chief is checked here."""
+
+  def __init__(self, task_id):  # pylint: disable=super-init-not-called
+    self.resolver = tf.distribute.cluster_resolver.SimpleClusterResolver(
+        tf.train.ClusterSpec({'worker': ['10.0.0.1:2222', '10.0.0.2:2222']}),
+        task_type='worker', task_id=task_id)
+
+  @property
+  def cluster_resolver(self):
+    return self.resolver
+
+
+# Texts shaped like TensorFlow's (the coordination service runs on worker 0, the chief).
+@pytest.mark.parametrize('task_id,error,expected', [
+    (1, tf.errors.UnavailableError(None, None, 'failed to send a heartbeat to the coordination '
+                                   'service: Socket closed'),
+     'lost worker 0 (10.0.0.1:2222): its connection closed; worker 1 stops too. Start every '
+     'worker again with the same command: training resumes from the last checkpoint'),
+    (0, tf.errors.UnavailableError(None, None, 'Task /job:worker/replica:0/task:1 stopped sending '
+                                   'heartbeats; collective ops aborted'),
+     'lost worker 1 (10.0.0.2:2222): it stopped sending heartbeats; worker 0 stops too. Start '
+     'every worker again with the same command: training resumes from the last checkpoint'),
+])
+def test_a_lost_worker_is_named_from_either_side(task_id, error, expected):
+  assert str(lost_worker_error(TwoWorkerStandIn(task_id), error)) == expected
+
+
+def test_other_errors_and_one_process_runs_name_no_lost_worker():
+  unavailable = tf.errors.UnavailableError(None, None, 'Socket closed')
+  assert lost_worker_error(TwoWorkerStandIn(0), tf.errors.InvalidArgumentError(
+      None, None, 'Socket closed')) is None
+  assert lost_worker_error(TwoWorkerStandIn(0), ValueError('Socket closed')) is None
+  assert lost_worker_error(tf.distribute.get_strategy(), unavailable) is None
