@@ -7,6 +7,10 @@ from importlib import metadata
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 os.environ.setdefault('TF_USE_LEGACY_KERAS', '1')
+# The same for the commands the tests start (workers, the console's processes): several of them
+# share the CPUs with the pytest-xdist processes, and TensorFlow reads these at start-up.
+os.environ.setdefault('TF_NUM_INTRAOP_THREADS', '1')
+os.environ.setdefault('TF_NUM_INTEROP_THREADS', '1')
 
 import pytest  # noqa: E402
 from packaging.version import Version  # noqa: E402
