@@ -77,14 +77,14 @@ def _noise(lines):
   return [line for line in lines if CPP_LOG_LINE.match(line) or PYTHON_WARNING.search(line)]
 
 
-def _run_training(model_dir, *extra):
+def _run_training(model_dir):
   """(exit code, stdout + stderr lines) of a 4-step `simclr-tf2` pretraining in a fresh process
   whose output is a pipe (not a terminal: one plain progress line per checkpoint)."""
   env = {k: v for k, v in os.environ.items() if not k.startswith('TF_CPP_')}
   result = subprocess.run(
       [sys.executable, '-m', 'simclr_tf2.run', '--flagfile=digits_demo', '--train_steps=4',
        '--checkpoint_steps=2', '--train_batch_size=16', '--image_size=8', '--warmup_epochs=0',
-       f'--model_dir={model_dir}', *extra],
+       f'--model_dir={model_dir}'],
       cwd=str(REPO), env=env, capture_output=True, text=True, timeout=600, check=False)
   return result.returncode, (result.stdout + result.stderr).splitlines()
 
