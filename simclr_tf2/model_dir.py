@@ -17,7 +17,9 @@ import json
 import logging
 import os
 import re
+import shutil
 import socket
+import tempfile
 import uuid
 from typing import List, NamedTuple, Optional, Tuple
 
@@ -254,7 +256,6 @@ def prepare_model_dir(model_dir: str) -> None:
 # --- clean-up -----------------------------------------------------------------------------------
 
 def _remove(path: str) -> None:
-  import shutil  # pylint: disable=import-outside-toplevel
   if os.path.isdir(path) and not os.path.islink(path):
     shutil.rmtree(path)
   else:
@@ -310,8 +311,6 @@ def make_worker_scratch_dir(parent: Optional[str] = None) -> str:
   A worker killed during a save (`kill -9`) cannot delete its own: the scratch directories of
   this host's processes that no longer run are removed first.
   """
-  import shutil  # pylint: disable=import-outside-toplevel
-  import tempfile  # pylint: disable=import-outside-toplevel
   parent = parent or tempfile.gettempdir()
   host = socket.gethostname()
   try:

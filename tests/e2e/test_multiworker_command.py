@@ -348,7 +348,7 @@ def test_the_documented_cluster_resumes_a_slurm_step_whose_worker_was_killed(tmp
 def test_the_mirrored_run_resumed_in_a_new_process_ends_bit_identical(tmp_path, processes,
                                                                        mirrored_run):
   # What the reference's process leaves when it is stopped after ckpt-2 (a real `kill -9` right
-  # after a checkpoint is the TF_CONFIG test's): its folder without ckpt-4 and the export.
+  # after a checkpoint is the cluster test's): its folder without ckpt-4 and the export.
   model_dir = tmp_path / 'model'
   shutil.copytree(mirrored_run, model_dir,
                   ignore=shutil.ignore_patterns('ckpt-4.*', 'saved_model', 'events.out.*'))
